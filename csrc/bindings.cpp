@@ -1,0 +1,568 @@
+// The only file that knows Python. Each entry point validates its arguments once (type, dtype,
+// ndim, shape, C-contiguity, alignment, writeability, overlap, values where they matter), allocates
+// its outputs, releases the GIL and forwards raw pointers to a kernel. Nothing is converted
+// implicitly: an array in the wrong form is an error that names the argument, what was expected
+// and what came, and nothing is written before every check has passed.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "activations.h"
+#include "linear.h"
+#include "losses.h"
+#include "matmul.h"
+#include "optim.h"
+
+namespace py = pybind11;
+using namespace fuseprop;
+
+namespace {
+
+enum class DType { f32, f64 };
+
+template <typename... Parts>
+std::string cat(const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return os.str();
+}
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) s += cat(i ? ", " : "", a.shape(i));
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string dims_str(const std::vector<int64_t>& dims) {
+  std::string s = "(";
+  for (size_t i = 0; i < dims.size(); ++i) s += cat(i ? ", " : "", dims[i]);
+  return s + (dims.size() == 1 ? ",)" : ")");
+}
+
+std::string dtype_str(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// An ndarray, never a silent conversion of a list or another object into a temporary.
+py::array as_array(const py::handle& obj, const char* name) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(cat(name, " must be a numpy.ndarray, got ", py::str(py::type::of(obj).attr("__name__")).cast<std::string>()));
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+DType float_dtype(const py::array& a, const char* name) {
+  if (a.dtype().equal(py::dtype::of<float>())) return DType::f32;
+  if (a.dtype().equal(py::dtype::of<double>())) return DType::f64;
+  throw py::type_error(cat(name, " must have dtype float32 or float64 (native byte order), got ", dtype_str(a)));
+}
+
+void check_dtype(const py::array& a, const char* name, DType expected, const char* like) {
+  if (float_dtype(a, name) != expected)
+    throw py::type_error(cat(name, " must have the same dtype as ", like, " (", expected == DType::f32 ? "float32" : "float64",
+                             "), got ", dtype_str(a)));
+}
+
+void check_ndim(const py::array& a, const char* name, py::ssize_t ndim) {
+  if (a.ndim() != ndim)
+    throw py::value_error(cat(name, " must be ", ndim, "-D, got a ", a.ndim(), "-D array of shape ", shape_str(a)));
+}
+
+void check_layout(const py::array& a, const char* name) {
+  const int flags = py::detail::array_proxy(a.ptr())->flags;
+  if (!(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
+    throw py::value_error(cat(name, " must be C-contiguous (row-major, unit stride); got a strided or transposed view of shape ",
+                              shape_str(a), ": pass np.ascontiguousarray(", name, ")"));
+  if (!(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(cat(name, " must be aligned to its dtype; got an unaligned buffer"));
+}
+
+void check_writeable(const py::array& a, const char* name) {
+  if (!a.writeable()) throw py::value_error(cat(name, " is written in place, so it must be writeable; got a read-only array"));
+}
+
+void check_shape(const py::array& a, const char* name, const std::vector<int64_t>& dims) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(dims.size());
+  for (size_t i = 0; ok && i < dims.size(); ++i) ok = a.shape(i) == dims[i];
+  if (!ok) throw py::value_error(cat(name, " must have shape ", dims_str(dims), ", got ", shape_str(a)));
+}
+
+void check_same_shape(const py::array& a, const char* name, const py::array& like, const char* like_name) {
+  bool ok = a.ndim() == like.ndim();
+  for (py::ssize_t i = 0; ok && i < a.ndim(); ++i) ok = a.shape(i) == like.shape(i);
+  if (!ok)
+    throw py::value_error(cat(name, " must have the same shape as ", like_name, " ", shape_str(like), ", got ", shape_str(a)));
+}
+
+// An array that an entry point reads: ndarray, float dtype, C-contiguous and aligned.
+py::array float_input(const py::handle& obj, const char* name, DType* dtype_out = nullptr) {
+  py::array a = as_array(obj, name);
+  const DType dt = float_dtype(a, name);
+  check_layout(a, name);
+  if (dtype_out) *dtype_out = dt;
+  return a;
+}
+py::array float_input_like(const py::handle& obj, const char* name, DType dt, const char* like) {
+  py::array a = as_array(obj, name);
+  check_dtype(a, name, dt, like);
+  check_layout(a, name);
+  return a;
+}
+// An array that an entry point updates in place: also writeable.
+py::array float_inout_like(const py::handle& obj, const char* name, DType dt, const char* like) {
+  py::array a = float_input_like(obj, name, dt, like);
+  check_writeable(a, name);
+  return a;
+}
+
+// Outputs updated in place must not share memory with another argument: the kernels read their
+// inputs while they write, so an overlap would silently corrupt the result.
+void check_no_overlap(const py::array& out, const char* out_name, const py::array& in, const char* in_name) {
+  const auto lo1 = reinterpret_cast<uintptr_t>(out.data()), hi1 = lo1 + out.nbytes();
+  const auto lo2 = reinterpret_cast<uintptr_t>(in.data()), hi2 = lo2 + in.nbytes();
+  if (out.nbytes() > 0 && in.nbytes() > 0 && lo1 < hi2 && lo2 < hi1)
+    throw py::value_error(cat(out_name, " is written in place and must not share memory with ", in_name));
+}
+
+void check_finite_scalar(double v, const char* name) {
+  if (!std::isfinite(v)) throw py::value_error(cat(name, " must be finite, got ", v));
+}
+void check_range(double v, const char* name, double lo, double hi, bool hi_inclusive) {
+  check_finite_scalar(v, name);
+  if (v < lo || (hi_inclusive ? v > hi : v >= hi))
+    throw py::value_error(cat(name, " must be in [", lo, ", ", hi, hi_inclusive ? "]" : ")", ", got ", v));
+}
+
+Activation parse_activation(const std::string& name) {
+  static const std::pair<const char*, Activation> table[] = {
+      {"identity", Activation::identity}, {"relu", Activation::relu}, {"leaky_relu", Activation::leaky_relu},
+      {"sigmoid", Activation::sigmoid},   {"tanh", Activation::tanh}, {"gelu", Activation::gelu},
+      {"gelu_tanh", Activation::gelu_tanh}};
+  for (const auto& [n, a] : table)
+    if (name == n) return a;
+  throw py::value_error(cat("activation must be one of identity, relu, leaky_relu, sigmoid, tanh, gelu, gelu_tanh; got '", name, "'"));
+}
+
+// "mean" -> true, "sum" -> false
+bool parse_reduction(const std::string& reduction) {
+  if (reduction == "mean") return true;
+  if (reduction == "sum") return false;
+  throw py::value_error(cat("reduction must be 'mean' or 'sum', got '", reduction, "'"));
+}
+
+template <typename T>
+py::array_t<T> empty(const std::vector<int64_t>& dims) {
+  // Every size is already the extent of an existing array, but products of two of them may not be.
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    if (d != 0 && n > std::numeric_limits<int64_t>::max() / int64_t(sizeof(T)) / d)
+      throw py::value_error(cat("output of shape ", dims_str(dims), " is too large to allocate"));
+    n *= d;
+  }
+  return py::array_t<T>(std::vector<py::ssize_t>(dims.begin(), dims.end()));
+}
+
+template <typename T>
+T* ptr(const py::array& a) { return static_cast<T*>(const_cast<void*>(a.data())); }
+template <typename T>
+T* ptr_or_null(const std::optional<py::array>& a) { return a ? ptr<T>(*a) : nullptr; }
+
+// Runs body(T{}) with T = float or double.
+template <typename F>
+auto dispatch(DType dt, F&& body) {
+  if (dt == DType::f32) return body(float{});
+  return body(double{});
+}
+
+// ---------------------------------------------------------------- matmul
+// a: op(a) (M,K); b: op(b) (K,N); c: (M,N) or None
+template <bool Reference>
+py::array matmul_entry(const py::handle& a_obj, const py::handle& b_obj, bool trans_a, bool trans_b, const py::handle& c_obj,
+                       double alpha, double beta) {
+  DType dt;
+  py::array a = float_input(a_obj, "a", &dt);
+  py::array b = float_input_like(b_obj, "b", dt, "a");
+  check_ndim(a, "a", 2);
+  check_ndim(b, "b", 2);
+  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+  if (K != Kb)
+    throw py::value_error(cat("matmul: inner dimensions differ: op(a) is (", M, ", ", K, ") and op(b) is (", Kb, ", ", N, ")"));
+  check_finite_scalar(alpha, "alpha");
+  check_finite_scalar(beta, "beta");
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array c;
+    if (c_obj.is_none()) {
+      if (beta != 0) throw py::value_error("beta must be 0 when c is not given");
+      c = empty<T>({M, N});
+    } else {
+      c = float_inout_like(c_obj, "c", dt, "a");
+      check_shape(c, "c", {M, N});
+      check_no_overlap(c, "c", a, "a");
+      check_no_overlap(c, "c", b, "b");
+    }
+    py::gil_scoped_release nogil;
+    auto kernel = Reference ? matmul_reference<T> : matmul<T>;
+    kernel(ptr<T>(c), ptr<T>(a), ptr<T>(b), M, N, K, a.shape(1), b.shape(1), N, trans_a, trans_b, T(alpha), T(beta));
+    return c;
+  });
+}
+
+// ---------------------------------------------------------------- activations
+// x, y: any shape, elementwise
+py::array activation_forward_entry(const py::handle& x_obj, const std::string& activation, double slope) {
+  DType dt;
+  py::array x = float_input(x_obj, "x", &dt);
+  const Activation act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+    py::gil_scoped_release nogil;
+    activation_forward<T>(ptr<T>(y), ptr<T>(x), x.size(), act, T(slope));
+    return y;
+  });
+}
+
+// dy, x, y: same shape; returns dx
+py::array activation_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& y_obj,
+                                    const std::string& activation, double slope) {
+  DType dt;
+  py::array dy = float_input(dy_obj, "grad_y", &dt);
+  py::array x = float_input_like(x_obj, "x", dt, "grad_y");
+  py::array y = float_input_like(y_obj, "y", dt, "grad_y");
+  check_same_shape(x, "x", dy, "grad_y");
+  check_same_shape(y, "y", dy, "grad_y");
+  const Activation act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array dx(dy.dtype(), std::vector<py::ssize_t>(dy.shape(), dy.shape() + dy.ndim()));
+    py::gil_scoped_release nogil;
+    activation_backward<T>(ptr<T>(dx), ptr<T>(dy), ptr<T>(x), ptr<T>(y), dy.size(), act, T(slope));
+    return dx;
+  });
+}
+
+// x (B,C) -> y (B,C), row-wise
+template <bool Log>
+py::array softmax_forward_entry(const py::handle& x_obj) {
+  DType dt;
+  py::array x = float_input(x_obj, "x", &dt);
+  check_ndim(x, "x", 2);
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array y = empty<T>({x.shape(0), x.shape(1)});
+    py::gil_scoped_release nogil;
+    (Log ? log_softmax_forward<T> : softmax_forward<T>)(ptr<T>(y), ptr<T>(x), x.shape(0), x.shape(1));
+    return y;
+  });
+}
+
+// dy, y (B,C) -> dx (B,C)
+template <bool Log>
+py::array softmax_backward_entry(const py::handle& dy_obj, const py::handle& y_obj) {
+  DType dt;
+  py::array dy = float_input(dy_obj, "grad_y", &dt);
+  py::array y = float_input_like(y_obj, "y", dt, "grad_y");
+  check_ndim(dy, "grad_y", 2);
+  check_same_shape(y, "y", dy, "grad_y");
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array dx = empty<T>({dy.shape(0), dy.shape(1)});
+    py::gil_scoped_release nogil;
+    (Log ? log_softmax_backward<T> : softmax_backward<T>)(ptr<T>(dx), ptr<T>(dy), ptr<T>(y), dy.shape(0), dy.shape(1));
+    return dx;
+  });
+}
+
+// ---------------------------------------------------------------- linear
+// x (B,IN), weight (OUT,IN), bias (OUT) or None -> (y, z) both (B,OUT)
+py::tuple linear_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
+                               const std::string& activation, double slope) {
+  DType dt;
+  py::array x = float_input(x_obj, "x", &dt);
+  py::array w = float_input_like(w_obj, "weight", dt, "x");
+  check_ndim(x, "x", 2);
+  check_ndim(w, "weight", 2);
+  const int64_t B = x.shape(0), IN = x.shape(1), OUT = w.shape(0);
+  if (w.shape(1) != IN)
+    throw py::value_error(cat("weight must have shape (out_features, ", IN, ") to match x of shape ", shape_str(x), ", got ", shape_str(w)));
+  std::optional<py::array> b;
+  if (!b_obj.is_none()) {
+    b = float_input_like(b_obj, "bias", dt, "x");
+    check_shape(*b, "bias", {OUT});
+  }
+  const Activation act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  return dispatch(dt, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array y = empty<T>({B, OUT}), z = empty<T>({B, OUT});
+    {
+      py::gil_scoped_release nogil;
+      linear_forward<T>(ptr<T>(y), ptr<T>(z), ptr<T>(x), ptr<T>(w), ptr_or_null<T>(b), B, IN, OUT, act, T(slope));
+    }
+    return py::make_tuple(y, z);
+  });
+}
+
+// grad_y, z, y (B,OUT); x (B,IN); weight (OUT,IN) -> (grad_x | None, grad_weight, grad_bias | None)
+// grad_weight / grad_bias, when given, are accumulated into in place.
+py::tuple linear_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
+                                const py::handle& z_obj, const py::handle& y_obj, const std::string& activation,
+                                double slope, bool has_bias, bool need_grad_x, const py::handle& dw_obj,
+                                const py::handle& db_obj) {
+  DType dt;
+  py::array dy = float_input(dy_obj, "grad_y", &dt);
+  py::array x = float_input_like(x_obj, "x", dt, "grad_y");
+  py::array w = float_input_like(w_obj, "weight", dt, "grad_y");
+  py::array z = float_input_like(z_obj, "z", dt, "grad_y");
+  py::array y = float_input_like(y_obj, "y", dt, "grad_y");
+  check_ndim(x, "x", 2);
+  check_ndim(w, "weight", 2);
+  const int64_t B = x.shape(0), IN = x.shape(1), OUT = w.shape(0);
+  check_shape(w, "weight", {OUT, IN});
+  check_shape(dy, "grad_y", {B, OUT});
+  check_shape(z, "z", {B, OUT});
+  check_shape(y, "y", {B, OUT});
+  const Activation act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  if (!has_bias && !db_obj.is_none()) throw py::value_error("grad_bias was given but has_bias is False");
+  return dispatch(dt, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array dw, db;
+    if (dw_obj.is_none()) {
+      dw = empty<T>({OUT, IN});
+      std::fill_n(ptr<T>(dw), OUT * IN, T(0));
+    } else {
+      dw = float_inout_like(dw_obj, "grad_weight", dt, "grad_y");
+      check_shape(dw, "grad_weight", {OUT, IN});
+      for (auto [in, name] : {std::pair{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&z, "z"}, {&y, "y"}})
+        check_no_overlap(dw, "grad_weight", *in, name);
+    }
+    if (has_bias) {
+      if (db_obj.is_none()) {
+        db = empty<T>({OUT});
+        std::fill_n(ptr<T>(db), OUT, T(0));
+      } else {
+        db = float_inout_like(db_obj, "grad_bias", dt, "grad_y");
+        check_shape(db, "grad_bias", {OUT});
+        for (auto [in, name] : {std::pair{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&z, "z"}, {&y, "y"}, {&dw, "grad_weight"}})
+          check_no_overlap(db, "grad_bias", *in, name);
+      }
+    }
+    py::array dx = need_grad_x ? py::array(empty<T>({B, IN})) : py::array();
+    std::vector<T> workspace(act == Activation::identity ? 0 : static_cast<size_t>(B * OUT));
+    {
+      py::gil_scoped_release nogil;
+      linear_backward<T>(need_grad_x ? ptr<T>(dx) : nullptr, ptr<T>(dw), has_bias ? ptr<T>(db) : nullptr,
+                         workspace.data(), ptr<T>(dy), ptr<T>(x), ptr<T>(w), ptr<T>(z), ptr<T>(y), B, IN, OUT, act,
+                         T(slope));
+    }
+    return py::make_tuple(need_grad_x ? py::object(dx) : py::none(), dw, has_bias ? py::object(db) : py::none());
+  });
+}
+
+// ---------------------------------------------------------------- losses
+// labels: int64, C-contiguous, shape (B,), every value in [0, C)
+py::array checked_labels(const py::handle& obj, int64_t B, int64_t C) {
+  py::array labels = as_array(obj, "labels");
+  if (!labels.dtype().equal(py::dtype::of<int64_t>()))
+    throw py::type_error(cat("labels must be class indices with dtype int64, got ", dtype_str(labels)));
+  check_layout(labels, "labels");
+  check_shape(labels, "labels", {B});
+  const int64_t* l = static_cast<const int64_t*>(labels.data());
+  for (int64_t i = 0; i < B; ++i)
+    if (l[i] < 0 || l[i] >= C)
+      throw py::value_error(cat("labels must be in [0, ", C, ") for logits with ", C, " classes; labels[", i, "] is ", l[i]));
+  return labels;
+}
+
+// logits (B,C), labels (B) -> (loss, grad_logits (B,C))
+py::tuple cross_entropy_entry(const py::handle& logits_obj, const py::handle& labels_obj, double label_smoothing,
+                              const std::string& reduction) {
+  DType dt;
+  py::array logits = float_input(logits_obj, "logits", &dt);
+  check_ndim(logits, "logits", 2);
+  const int64_t B = logits.shape(0), C = logits.shape(1);
+  if (C == 0) throw py::value_error("logits must have at least one class (shape (B, C) with C >= 1), got shape " + shape_str(logits));
+  py::array labels = checked_labels(labels_obj, B, C);
+  check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
+  const bool mean = parse_reduction(reduction);
+  if (mean && B == 0) throw py::value_error("cross_entropy_loss: an empty batch has no mean loss (logits has shape " + shape_str(logits) + ")");
+  return dispatch(dt, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array grad = empty<T>({B, C});
+    double total;
+    {
+      py::gil_scoped_release nogil;
+      const T scale = mean ? T(1.0 / double(B)) : T(1);
+      total = cross_entropy_forward_backward<T>(ptr<T>(grad), ptr<T>(logits), static_cast<const int64_t*>(labels.data()),
+                                                B, C, T(label_smoothing), scale);
+    }
+    return py::make_tuple(mean ? total / double(B) : total, grad);
+  });
+}
+
+// pred, target: same shape -> (loss, grad_pred); elementwise losses share this entry
+template <double (*KernelF)(float*, const float*, const float*, int64_t, float),
+          double (*KernelD)(double*, const double*, const double*, int64_t, double)>
+py::tuple elementwise_loss_entry(const char* op, const char* pred_name, const py::handle& pred_obj,
+                                 const py::handle& target_obj, const std::string& reduction) {
+  DType dt;
+  py::array pred = float_input(pred_obj, pred_name, &dt);
+  py::array target = float_input_like(target_obj, "target", dt, pred_name);
+  check_same_shape(target, "target", pred, pred_name);
+  const bool mean = parse_reduction(reduction);
+  const int64_t n = pred.size();
+  if (mean && n == 0) throw py::value_error(cat(op, ": an empty batch has no mean loss (", pred_name, " has shape ", shape_str(pred), ")"));
+  return dispatch(dt, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array grad(pred.dtype(), std::vector<py::ssize_t>(pred.shape(), pred.shape() + pred.ndim()));
+    double total;
+    {
+      py::gil_scoped_release nogil;
+      const T scale = mean ? T(1.0 / double(n)) : T(1);
+      if constexpr (std::is_same_v<T, float>) total = KernelF(ptr<T>(grad), ptr<T>(pred), ptr<T>(target), n, scale);
+      else total = KernelD(ptr<T>(grad), ptr<T>(pred), ptr<T>(target), n, scale);
+    }
+    return py::make_tuple(mean ? total / double(n) : total, grad);
+  });
+}
+
+// ---------------------------------------------------------------- optimizers
+// param, grad, momentum_buffer: same shape; param and momentum_buffer updated in place
+void sgd_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, double lr,
+                    double momentum, double dampening, bool nesterov, double weight_decay, int64_t step) {
+  DType dt;
+  py::array param = float_input(param_obj, "param", &dt);
+  check_writeable(param, "param");
+  py::array grad = float_input_like(grad_obj, "grad", dt, "param");
+  check_same_shape(grad, "grad", param, "param");
+  check_no_overlap(param, "param", grad, "grad");
+  check_range(lr, "lr", 0.0, INFINITY, false);
+  check_range(momentum, "momentum", 0.0, INFINITY, false);
+  check_range(dampening, "dampening", 0.0, INFINITY, false);
+  check_range(weight_decay, "weight_decay", 0.0, INFINITY, false);
+  if (step < 1) throw py::value_error(cat("step must be >= 1 (it counts this update), got ", step));
+  if (nesterov && (momentum <= 0 || dampening != 0))
+    throw py::value_error("nesterov momentum requires momentum > 0 and dampening == 0");
+  std::optional<py::array> buf;
+  if (momentum != 0) {
+    if (buf_obj.is_none()) throw py::value_error("momentum_buffer is required when momentum != 0");
+    buf = float_inout_like(buf_obj, "momentum_buffer", dt, "param");
+    check_same_shape(*buf, "momentum_buffer", param, "param");
+    check_no_overlap(*buf, "momentum_buffer", param, "param");
+    check_no_overlap(*buf, "momentum_buffer", grad, "grad");
+  }
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    py::gil_scoped_release nogil;
+    sgd_step<T>(ptr<T>(param), ptr_or_null<T>(buf), ptr<T>(grad), param.size(), T(lr), T(momentum), T(dampening),
+                nesterov, T(weight_decay), step == 1);
+  });
+}
+
+// param, grad, exp_avg, exp_avg_sq: same shape; all but grad updated in place
+void adam_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj, const py::handle& v_obj,
+                     int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled) {
+  DType dt;
+  py::array param = float_input(param_obj, "param", &dt);
+  check_writeable(param, "param");
+  py::array grad = float_input_like(grad_obj, "grad", dt, "param");
+  py::array m = float_inout_like(m_obj, "exp_avg", dt, "param");
+  py::array v = float_inout_like(v_obj, "exp_avg_sq", dt, "param");
+  check_same_shape(grad, "grad", param, "param");
+  check_same_shape(m, "exp_avg", param, "param");
+  check_same_shape(v, "exp_avg_sq", param, "param");
+  const std::pair<const py::array*, const char*> args[] = {{&param, "param"}, {&grad, "grad"}, {&m, "exp_avg"}, {&v, "exp_avg_sq"}};
+  for (size_t i = 0; i < 4; ++i)
+    for (size_t j = i + 1; j < 4; ++j) check_no_overlap(*args[i].first, args[i].second, *args[j].first, args[j].second);
+  if (step < 1) throw py::value_error(cat("step must be >= 1 (it counts this update), got ", step));
+  check_range(lr, "lr", 0.0, INFINITY, false);
+  check_range(beta1, "beta1", 0.0, 1.0, false);
+  check_range(beta2, "beta2", 0.0, 1.0, false);
+  check_range(eps, "eps", 0.0, INFINITY, false);
+  check_range(weight_decay, "weight_decay", 0.0, INFINITY, false);
+  dispatch(dt, [&](auto tag) {
+    using T = decltype(tag);
+    py::gil_scoped_release nogil;
+    adam_step<T>(ptr<T>(param), ptr<T>(m), ptr<T>(v), ptr<T>(grad), param.size(), T(lr), T(beta1), T(beta2), T(eps),
+                 T(weight_decay), decoupled, step);
+  });
+}
+
+std::string compiler_string() {
+#if defined(__clang__)
+  return cat("clang ", __clang_major__, ".", __clang_minor__, ".", __clang_patchlevel__);
+#elif defined(__GNUC__)
+  return cat("gcc ", __GNUC__, ".", __GNUC_MINOR__, ".", __GNUC_PATCHLEVEL__);
+#elif defined(_MSC_VER)
+  return cat("msvc ", _MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+std::string arch_string() {
+#if defined(__x86_64__) || defined(_M_X64)
+  return "x86_64";
+#elif defined(__aarch64__) || defined(_M_ARM64)
+  return "aarch64";
+#else
+  return "other";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fuseprop native kernels (CPU). Validate, allocate, release the GIL, forward.";
+  using namespace pybind11::literals;
+
+  m.def("matmul", &matmul_entry<false>, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "c"_a = py::none(),
+        "alpha"_a = 1.0, "beta"_a = 0.0, "alpha*op(a)@op(b) + beta*c; blocked GEMM");
+  m.def("matmul_reference", &matmul_entry<true>, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false,
+        "c"_a = py::none(), "alpha"_a = 1.0, "beta"_a = 0.0, "the scalar triple-loop GEMM the blocked one is checked against");
+
+  m.def("activation_forward", &activation_forward_entry, "x"_a, "activation"_a, "negative_slope"_a = 0.01);
+  m.def("activation_backward", &activation_backward_entry, "grad_y"_a, "x"_a, "y"_a, "activation"_a, "negative_slope"_a = 0.01);
+  m.def("softmax_forward", &softmax_forward_entry<false>, "x"_a);
+  m.def("softmax_backward", &softmax_backward_entry<false>, "grad_y"_a, "y"_a);
+  m.def("log_softmax_forward", &softmax_forward_entry<true>, "x"_a);
+  m.def("log_softmax_backward", &softmax_backward_entry<true>, "grad_y"_a, "y"_a);
+
+  m.def("linear_forward", &linear_forward_entry, "x"_a, "weight"_a, "bias"_a = py::none(), "activation"_a = "identity",
+        "negative_slope"_a = 0.01);
+  m.def("linear_backward", &linear_backward_entry, "grad_y"_a, "x"_a, "weight"_a, "z"_a, "y"_a, "activation"_a = "identity",
+        "negative_slope"_a = 0.01, "has_bias"_a = true, "need_grad_x"_a = true, "grad_weight"_a = py::none(),
+        "grad_bias"_a = py::none());
+
+  m.def("cross_entropy_loss", &cross_entropy_entry, "logits"_a, "labels"_a, "label_smoothing"_a = 0.0, "reduction"_a = "mean");
+  m.def("mse_loss", [](const py::handle& pred, const py::handle& target, const std::string& reduction) {
+          return elementwise_loss_entry<mse_forward_backward<float>, mse_forward_backward<double>>("mse_loss", "pred", pred, target, reduction);
+        }, "pred"_a, "target"_a, "reduction"_a = "mean");
+  m.def("bce_with_logits_loss", [](const py::handle& logits, const py::handle& target, const std::string& reduction) {
+          return elementwise_loss_entry<bce_with_logits_forward_backward<float>, bce_with_logits_forward_backward<double>>(
+              "bce_with_logits_loss", "logits", logits, target, reduction);
+        }, "logits"_a, "target"_a, "reduction"_a = "mean");
+
+  m.def("sgd_step", &sgd_step_entry, "param"_a, "grad"_a, "momentum_buffer"_a = py::none(), py::kw_only(), "lr"_a,
+        "momentum"_a = 0.0, "dampening"_a = 0.0, "nesterov"_a = false, "weight_decay"_a = 0.0, "step"_a = 1);
+  m.def("adam_step", &adam_step_entry, "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a, py::kw_only(), "step"_a,
+        "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0,
+        "decoupled_weight_decay"_a = false);
+
+  m.attr("__version__") = FUSEPROP_VERSION;
+  m.attr("compiler") = compiler_string();
+  m.attr("arch") = arch_string();
+  m.attr("cuda_compiled") = bool(FUSEPROP_CUDA_COMPILED);
+}

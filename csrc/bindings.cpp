@@ -324,16 +324,18 @@ py::tuple linear_backward_entry(const py::handle& dy_obj, const py::handle& x_ob
   py::array dy = float_input(dy_obj, "grad_y", &dt);
   py::array x = float_input_like(x_obj, "x", dt, "grad_y");
   py::array w = float_input_like(w_obj, "weight", dt, "grad_y");
-  py::array z = float_input_like(z_obj, "z", dt, "grad_y");
-  py::array y = float_input_like(y_obj, "y", dt, "grad_y");
   check_ndim(x, "x", 2);
   check_ndim(w, "weight", 2);
   const int64_t B = x.shape(0), IN = x.shape(1), OUT = w.shape(0);
   check_shape(w, "weight", {OUT, IN});
   check_shape(dy, "grad_y", {B, OUT});
+  const Activation act = parse_activation(activation);
+  // The identity's derivative needs neither z nor y, so they may be None for it.
+  const bool need_zy = act != Activation::identity || !z_obj.is_none() || !y_obj.is_none();
+  py::array z = need_zy ? float_input_like(z_obj, "z", dt, "grad_y") : dy;
+  py::array y = need_zy ? float_input_like(y_obj, "y", dt, "grad_y") : dy;
   check_shape(z, "z", {B, OUT});
   check_shape(y, "y", {B, OUT});
-  const Activation act = parse_activation(activation);
   check_finite_scalar(slope, "negative_slope");
   if (!has_bias && !db_obj.is_none()) throw py::value_error("grad_bias was given but has_bias is False");
   return dispatch(dt, [&](auto tag) -> py::tuple {
@@ -565,4 +567,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("compiler") = compiler_string();
   m.attr("arch") = arch_string();
   m.attr("cuda_compiled") = bool(FUSEPROP_CUDA_COMPILED);
+  m.attr("kernel_level") = "generic";  // portable C++ at the baseline ISA; SIMD levels come with run-time dispatch
+  m.attr("num_threads") = 1;
 }

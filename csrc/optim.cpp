@@ -39,7 +39,7 @@ void adam_step(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n, T 
     exp_avg[i] = beta1 * exp_avg[i] + (T(1) - beta1) * g;
     exp_avg_sq[i] = beta2 * exp_avg_sq[i] + (T(1) - beta2) * g * g;
     const T denom = std::sqrt(exp_avg_sq[i]) / bias_correction2_sqrt + eps;
-    param[i] -= step_size * exp_avg[i] / denom;
+    param[i] -= step_size * (exp_avg[i] / denom);  // addcdiv order, as PyTorch
   }
 }
 

@@ -1,0 +1,77 @@
+"""Losses shaped like torch.nn's: ``loss = loss_fn(pred, target)`` returns a Python float and
+``loss_fn.backward()`` the gradient with respect to pred, both from ONE native pass.
+
+pred must be a float32 or float64 array (a model's output); targets are converted explicitly into
+a new array of pred's dtype (class labels: of any integer dtype, into int64).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import functional as F
+from .nn import as_input
+
+__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
+
+
+class _Loss:
+    def __init__(self, reduction: str = "mean"):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self._grad = None
+
+    @staticmethod
+    def _pred(pred, name) -> np.ndarray:
+        if not isinstance(pred, np.ndarray) or pred.dtype not in (np.float32, np.float64):
+            got = pred.dtype if isinstance(pred, np.ndarray) else type(pred).__name__
+            raise TypeError(f"{name} must be a float32 or float64 numpy.ndarray, got {got}")
+        return np.ascontiguousarray(pred)
+
+    def _compute(self, pred, target):
+        raise NotImplementedError
+
+    def __call__(self, pred, target) -> float:
+        self._grad = None
+        loss, self._grad = self._compute(pred, target)
+        return float(loss)
+
+    def backward(self) -> np.ndarray:
+        """The gradient of the last computed loss with respect to pred."""
+        if self._grad is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
+        return self._grad
+
+    def __repr__(self):
+        return f"{type(self).__name__}(reduction={self.reduction!r})"
+
+
+class CrossEntropyLoss(_Loss):
+    """Softmax cross-entropy from logits (B, C) and integer class labels (B,), optional label smoothing."""
+
+    def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean"):
+        super().__init__(reduction)
+        if not 0.0 <= label_smoothing <= 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+
+    def _compute(self, pred, target):
+        labels = np.asarray(target)
+        return F.cross_entropy_loss(self._pred(pred, "logits"), F.as_labels(labels, "target"), self.label_smoothing,
+                                    self.reduction)
+
+
+class MSELoss(_Loss):
+    """Mean (or summed) squared error over all elements."""
+
+    def _compute(self, pred, target):
+        pred = self._pred(pred, "pred")
+        return F.mse_loss(pred, as_input(target, pred.dtype, "target"), self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """Binary cross-entropy on logits (sigmoid fused, numerically stable), over all elements."""
+
+    def _compute(self, pred, target):
+        logits = self._pred(pred, "logits")
+        return F.bce_with_logits_loss(logits, as_input(target, logits.dtype, "target"), self.reduction)

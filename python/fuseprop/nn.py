@@ -1,0 +1,494 @@
+"""Layers shaped like torch.nn: Module, Linear, activations, Sequential.
+
+Every module has forward (``__call__``) and backward: ``backward(grad_out)`` returns the gradient
+with respect to the module's input and ACCUMULATES parameter gradients into ``param.grad`` (+=),
+as PyTorch does, so gradients of several micro-batches add up until ``zero_grad()``.
+
+Inputs are converted explicitly into new arrays when they are not already C-contiguous arrays of
+the model's dtype (the caller's array is never modified). Parameters are never converted: their
+``.data`` and ``.grad`` keep their dtype, shape and memory, and assigning an array of another
+dtype, shape or layout raises.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from . import init
+from . import _random
+
+__all__ = ["Parameter", "Module", "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU",
+           "Softmax", "LogSoftmax", "Sequential", "init"]
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _float_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt not in _FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+def as_input(x, dtype, name="x", ndim=None, features=None) -> np.ndarray:
+    """x as a C-contiguous array of ``dtype``: explicit conversion into a new array when needed.
+
+    Only real numbers convert (bool, integers, floats); anything else raises TypeError.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
+    if features is not None and arr.shape[-1] != features:
+        raise ValueError(f"{name} must have {features} features in its last dimension, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _float_input(x, name, ndim=None) -> np.ndarray:
+    """For modules without parameters: float32 and float64 inputs keep their dtype, others become float32."""
+    dt = np.asarray(x).dtype
+    return as_input(x, dt if dt in _FLOAT_DTYPES else np.float32, name, ndim=ndim)
+
+
+class Parameter:
+    """A trainable array: ``.data`` and ``.grad`` are C-contiguous float arrays of one shape; ``.name``."""
+
+    __slots__ = ("_data", "_grad", "name")
+
+    def __init__(self, data, name: str = "", dtype=None):
+        arr = np.asarray(data)
+        dt = _float_dtype(arr.dtype if dtype is None and arr.dtype in _FLOAT_DTYPES else (dtype or np.float32))
+        self._data = np.array(arr, dtype=dt, order="C", copy=True)
+        self._grad = np.zeros_like(self._data)
+        self.name = name
+
+    def _check(self, value, what: str) -> np.ndarray:
+        # The kernels update these arrays in place: a converted copy would make updates vanish.
+        if not isinstance(value, np.ndarray):
+            raise TypeError(f"{self.name or 'parameter'}.{what} must be a numpy.ndarray, got {type(value).__name__}")
+        if value.dtype != self._data.dtype:
+            raise TypeError(f"{self.name or 'parameter'}.{what} must have dtype {self._data.dtype}, got {value.dtype}")
+        if value.shape != self._data.shape:
+            raise ValueError(f"{self.name or 'parameter'}.{what} must have shape {self._data.shape}, got {value.shape}")
+        if not value.flags.c_contiguous or not value.flags.aligned or not value.flags.writeable:
+            raise ValueError(f"{self.name or 'parameter'}.{what} must be a C-contiguous, aligned, writeable array")
+        return value
+
+    @property
+    def data(self) -> np.ndarray:
+        return self._data
+
+    @data.setter
+    def data(self, value):
+        self._data = self._check(value, "data")
+
+    @property
+    def grad(self) -> np.ndarray:
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        self._grad = self._check(value, "grad")
+
+    @property
+    def shape(self):
+        return self._data.shape
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    @property
+    def size(self) -> int:
+        return self._data.size
+
+    def __repr__(self):
+        return f"Parameter(name={self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class: owns parameters and submodules (registered by attribute assignment, as PyTorch)."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            value.name = name
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            for sub, p in value.named_parameters():
+                p.name = f"{name}.{sub}"
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    # -- the computation
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    # -- parameters and modes
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(prefix + name if not prefix else f"{prefix}.{name}")
+
+    def children(self):
+        return list(self._modules.values())
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad.fill(0)
+
+    def train(self, mode: bool = True):
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- state
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter, keyed as PyTorch keys them ("0.weight", "0.bias", ...)."""
+        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy values into the parameters (in place). Every key, shape and dtype is checked before
+        anything is written, so a refused state dict changes nothing. Values may be NumPy arrays or
+        anything np.asarray accepts (a CPU torch tensor, for instance); floats convert to the
+        parameter's dtype."""
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict does not match the model: missing keys {missing}, unexpected keys {unexpected}")
+        staged = []
+        for name, p in params.items():
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            if value.dtype.kind != "f":
+                raise TypeError(f"state_dict[{name!r}] must hold floats, got dtype {value.dtype}")
+            if value.shape != p.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the parameter has {p.shape}")
+            staged.append((p, value))
+        for p, value in staged:
+            np.copyto(p.data, value, casting="same_kind")
+        return {"missing_keys": missing, "unexpected_keys": unexpected}
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
+        if not lines:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias; weight (out_features, in_features) as PyTorch.
+
+    init: "default" (PyTorch's: weight and bias uniform in +-1/sqrt(in_features)), "xavier_uniform",
+    "xavier_normal", "he_uniform" or "he_normal" (these last four with a zero bias).
+    """
+
+    _INITS = ("default", "xavier_uniform", "xavier_normal", "he_uniform", "he_normal")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, init: str = "default",
+                 dtype=np.float32, generator=None):
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if init not in self._INITS:
+            raise ValueError(f"init must be one of {self._INITS}, got {init!r}")
+        dt = _float_dtype(dtype)
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = Parameter(np.empty((self.out_features, self.in_features), dt))
+        self.bias = Parameter(np.empty(self.out_features, dt)) if bias else None
+        self.reset_parameters(init, generator)
+        self._saved = None
+
+    def reset_parameters(self, init_name: str = "default", generator=None):
+        gen = _random.resolve(generator)
+        if init_name == "default":
+            init.kaiming_uniform_(self.weight, a=math.sqrt(5.0), generator=gen)
+            bound = 1.0 / math.sqrt(self.in_features)
+            if self.bias is not None:
+                init.uniform_(self.bias, -bound, bound, generator=gen)
+            return
+        if init_name == "xavier_uniform":
+            init.xavier_uniform_(self.weight, generator=gen)
+        elif init_name == "xavier_normal":
+            init.xavier_normal_(self.weight, generator=gen)
+        elif init_name == "he_uniform":
+            init.kaiming_uniform_(self.weight, nonlinearity="relu", generator=gen)
+        else:
+            init.kaiming_normal_(self.weight, nonlinearity="relu", generator=gen)
+        if self.bias is not None:
+            init.zeros_(self.bias)
+
+    def forward(self, x):
+        x = as_input(x, self.weight.dtype, "x", ndim=2, features=self.in_features)
+        y, _ = F.linear_forward(x, self.weight.data, self.bias.data if self.bias is not None else None)
+        self._saved = x
+        return y
+
+    def backward(self, grad_out):
+        return self._backward(grad_out, True)
+
+    def _backward(self, grad_out, need_input_grad: bool):
+        if self._saved is None:
+            raise RuntimeError("Linear.backward called before forward")
+        x = self._saved
+        grad_out = as_input(grad_out, self.weight.dtype, "grad_out", ndim=2, features=self.out_features)
+        if grad_out.shape[0] != x.shape[0]:
+            raise ValueError(f"grad_out must have shape {(x.shape[0], self.out_features)}, got {grad_out.shape}")
+        grad_x, _, _ = F.linear_backward(grad_out, x, self.weight.data, None, None, "identity",
+                                         has_bias=self.bias is not None, need_grad_x=need_input_grad,
+                                         grad_weight=self.weight.grad,
+                                         grad_bias=self.bias.grad if self.bias is not None else None)
+        return grad_x
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class _Activation(Module):
+    """An elementwise activation: forward keeps (x, y) for backward."""
+
+    activation = "identity"
+    negative_slope = 0.01
+
+    def __init__(self):
+        super().__init__()
+        self._saved = None
+
+    def forward(self, x):
+        x = _float_input(x, "x")
+        y = F.activation_forward(x, self.activation, self.negative_slope)
+        self._saved = (x, y)
+        return y
+
+    def backward(self, grad_out):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        x, y = self._saved
+        grad_out = as_input(grad_out, x.dtype, "grad_out")
+        if grad_out.shape != x.shape:
+            raise ValueError(f"grad_out must have shape {x.shape}, got {grad_out.shape}")
+        return F.activation_backward(grad_out, x, y, self.activation, self.negative_slope)
+
+
+class Identity(_Activation):
+    activation = "identity"
+
+
+class ReLU(_Activation):
+    activation = "relu"
+
+
+class Sigmoid(_Activation):
+    activation = "sigmoid"
+
+
+class Tanh(_Activation):
+    activation = "tanh"
+
+
+class LeakyReLU(_Activation):
+    activation = "leaky_relu"
+
+    def __init__(self, negative_slope: float = 0.01):
+        super().__init__()
+        if not math.isfinite(negative_slope):
+            raise ValueError(f"negative_slope must be finite, got {negative_slope}")
+        self.negative_slope = float(negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}"
+
+
+class GELU(_Activation):
+    """GELU, exact (approximate="none") or PyTorch's tanh approximation (approximate="tanh")."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.activation = "gelu" if approximate == "none" else "gelu_tanh"
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class _RowSoftmax(Module):
+    """Softmax or log-softmax over the last axis of a (B, C) input."""
+
+    _forward = None
+    _backward_fn = None
+
+    def __init__(self, dim: int = -1):
+        super().__init__()
+        if dim not in (-1, 1):
+            raise ValueError(f"{type(self).__name__} works over the last axis of a 2-D input: dim must be -1 or 1, got {dim}")
+        self.dim = dim
+        self._saved = None
+
+    def forward(self, x):
+        x = _float_input(x, "x", ndim=2)
+        y = type(self)._forward(x)
+        self._saved = y
+        return y
+
+    def backward(self, grad_out):
+        if self._saved is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        y = self._saved
+        grad_out = as_input(grad_out, y.dtype, "grad_out", ndim=2)
+        if grad_out.shape != y.shape:
+            raise ValueError(f"grad_out must have shape {y.shape}, got {grad_out.shape}")
+        return type(self)._backward_fn(grad_out, y)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class Softmax(_RowSoftmax):
+    _forward = staticmethod(F.softmax_forward)
+    _backward_fn = staticmethod(F.softmax_backward)
+
+
+class LogSoftmax(_RowSoftmax):
+    _forward = staticmethod(F.log_softmax_forward)
+    _backward_fn = staticmethod(F.log_softmax_backward)
+
+
+class Sequential(Module):
+    """Modules applied in order, keyed "0", "1", ... as torch.nn.Sequential.
+
+    A Linear followed by an elementwise activation runs as ONE fused native call (bias and
+    activation applied while the GEMM's output tiles are in cache), and its backward as one fused
+    call too. The result is the same as running the two modules one after the other.
+    """
+
+    def __init__(self, *modules):
+        super().__init__()
+        for i, m in enumerate(modules):
+            if not isinstance(m, Module):
+                raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {i}")
+            setattr(self, str(i), m)
+        self._tape = None
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential.append takes a Module, got {type(module).__name__}")
+        setattr(self, str(len(self)), module)
+        return self
+
+    def _segments(self):
+        """[(linear, activation_module or None) | (module, None)], fusing Linear + elementwise activation."""
+        mods, segs, i = list(self._modules.values()), [], 0
+        while i < len(mods):
+            m = mods[i]
+            nxt = mods[i + 1] if i + 1 < len(mods) else None
+            if isinstance(m, Linear) and isinstance(nxt, _Activation):
+                segs.append((m, nxt))
+                i += 2
+            else:
+                segs.append((m, None))
+                i += 1
+        return segs
+
+    def forward(self, x):
+        tape = []
+        for m, act in self._segments():
+            if act is None:
+                x = m(x)
+                tape.append((m, None, None))
+                continue
+            x = as_input(x, m.weight.dtype, "x", ndim=2, features=m.in_features)
+            y, z = F.linear_forward(x, m.weight.data, m.bias.data if m.bias is not None else None,
+                                    act.activation, act.negative_slope)
+            tape.append((m, act, (x, z, y)))
+            x = y
+        self._tape = tape
+        return x
+
+    def backward(self, grad_out):
+        return self._backward(grad_out, True)
+
+    def _backward(self, grad_out, need_input_grad: bool):
+        if self._tape is None:
+            raise RuntimeError("Sequential.backward called before forward")
+        g = grad_out
+        for i in range(len(self._tape) - 1, -1, -1):
+            m, act, saved = self._tape[i]
+            need = need_input_grad or i > 0
+            if act is None:
+                g = m._backward(g, need) if isinstance(m, (Linear, Sequential)) else m.backward(g)
+                continue
+            x, z, y = saved
+            g = as_input(g, y.dtype, "grad_out", ndim=2)
+            if g.shape != y.shape:
+                raise ValueError(f"grad_out must have shape {y.shape}, got {g.shape}")
+            g, _, _ = F.linear_backward(g, x, m.weight.data, z, y, act.activation, act.negative_slope,
+                                        has_bias=m.bias is not None, need_grad_x=need, grad_weight=m.weight.grad,
+                                        grad_bias=m.bias.grad if m.bias is not None else None)
+        return g
+
+    def train_step(self, x, y, loss_fn, optimizer) -> float:
+        """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the loss.
+
+        Raises FloatingPointError, without touching the weights, when the loss or a gradient is not finite.
+        """
+        x = np.asarray(x)
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"train_step needs a non-empty batch, got x of shape {x.shape}")
+        self.zero_grad()
+        out = self.forward(x)
+        loss = loss_fn(out, y)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the loss is {loss}; the weights were not updated")
+        self._backward(loss_fn.backward(), need_input_grad=False)
+        for name, p in self.named_parameters():
+            if not np.isfinite(p.grad).all():
+                raise FloatingPointError(f"the gradient of {name} is not finite; the weights were not updated")
+        optimizer.step()
+        return loss

@@ -1,0 +1,191 @@
+"""Optimizers shaped like torch.optim: SGD, Adam, AdamW with param groups, step(), zero_grad(),
+state_dict() / load_state_dict() (PyTorch's layout: {"state": {index: {...}}, "param_groups": [...]}).
+Each update runs natively, in place, with PyTorch's formulas.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+
+from . import functional as F
+from .nn import Parameter
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+
+def _check_hyper(name: str, value, lo: float = 0.0, hi: float = math.inf, hi_open: bool = False):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(value):
+        raise ValueError(f"Invalid {name}: expected a finite number, got {value!r}")
+    if value < lo or value > hi or (hi_open and value == hi):
+        raise ValueError(f"Invalid {name}: {value} is outside [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+class Optimizer:
+    """Holds parameter groups (each a dict of hyper-parameters plus "params") and per-parameter state."""
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = dict(defaults)
+        self.param_groups: list[dict] = []
+        self.state: dict[Parameter, dict] = {}
+        groups = list(params) if not isinstance(params, Parameter) else [params]
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for g in groups:
+            self.add_param_group(g)
+
+    def add_param_group(self, group: dict):
+        if not isinstance(group, dict) or "params" not in group:
+            raise TypeError("a param group must be a dict with a 'params' entry")
+        params = group["params"]
+        params = [params] if isinstance(params, Parameter) else list(params)
+        for p in params:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"optimizer params must be fuseprop.nn.Parameter objects, got {type(p).__name__}")
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if len({id(p) for p in params}) != len(params) or any(id(p) in seen for p in params):
+            raise ValueError("some parameters appear more than once in the optimizer's param groups")
+        unknown = set(group) - set(self.defaults) - {"params"}
+        if unknown:
+            raise ValueError(f"unknown hyper-parameters in param group: {sorted(unknown)}")
+        full = {**self.defaults, **{k: v for k, v in group.items() if k != "params"}, "params": params}
+        self._validate(full)
+        self.param_groups.append(full)
+
+    def _validate(self, group: dict):
+        raise NotImplementedError
+
+    def zero_grad(self):
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad.fill(0)
+
+    def step(self):
+        for g in self.param_groups:
+            self._validate(g)  # hyper-parameters may have been edited (schedules): check before any update
+        for g in self.param_groups:
+            for p in g["params"]:
+                self._update(p, g, self.state.setdefault(p, {}))
+
+    def _update(self, p: Parameter, group: dict, state: dict):
+        raise NotImplementedError
+
+    # -- state, in PyTorch's layout: parameters are numbered in group order
+    def state_dict(self) -> dict:
+        index = {}
+        groups = []
+        for g in self.param_groups:
+            ids = []
+            for p in g["params"]:
+                index[p] = len(index)
+                ids.append(index[p])
+            groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
+        state = {index[p]: copy.deepcopy(s) for p, s in self.state.items() if s}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore hyper-parameters and state; everything is checked before anything changes."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups) or any(
+                len(a["params"]) != len(b["params"]) for a, b in zip(groups, self.param_groups)):
+            raise ValueError("loaded state dict has a different number of param groups or parameters")
+        params = [p for g in self.param_groups for p in g["params"]]
+        new_state = {}
+        for i, s in state_dict["state"].items():
+            i = int(i)
+            if not 0 <= i < len(params):
+                raise ValueError(f"loaded state dict refers to parameter {i}, the optimizer has {len(params)}")
+            p = params[i]
+            entry = {}
+            for k, v in s.items():
+                if isinstance(v, np.ndarray) or hasattr(v, "__array__"):
+                    v = np.asarray(v)
+                    if v.shape != p.shape or v.dtype.kind != "f":
+                        raise ValueError(f"state {k!r} of parameter {i} has shape {v.shape} and dtype {v.dtype}; "
+                                         f"expected shape {p.shape}, floats")
+                    v = np.array(v, dtype=p.dtype, order="C")
+                entry[k] = v
+            new_state[p] = entry
+        new_groups = []
+        for loaded, current in zip(groups, self.param_groups):
+            g = {**{k: v for k, v in loaded.items() if k != "params"}, "params": current["params"]}
+            self._validate(g)
+            new_groups.append(g)
+        self.param_groups = new_groups
+        self.state = new_state
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__} ("]
+        for i, g in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(g.items()) if k != "params"]
+        return "\n".join(lines + [")"])
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay (torch.optim.SGD)."""
+
+    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                                      weight_decay=weight_decay))
+
+    def _validate(self, g):
+        _check_hyper("learning rate", g["lr"])
+        _check_hyper("momentum value", g["momentum"])
+        _check_hyper("dampening value", g["dampening"])
+        _check_hyper("weight_decay value", g["weight_decay"])
+        if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+
+    def _update(self, p, g, state):
+        buf = None
+        first = "momentum_buffer" not in state
+        if g["momentum"] != 0:
+            if first:
+                state["momentum_buffer"] = np.empty_like(p.data)
+            buf = state["momentum_buffer"]
+        F.sgd_step(p.data, p.grad, buf, lr=g["lr"], momentum=g["momentum"], dampening=g["dampening"],
+                   nesterov=g["nesterov"], weight_decay=g["weight_decay"], step=1 if first else 2)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction; weight_decay adds an L2 term to the gradient (torch.optim.Adam)."""
+
+    _decoupled = False
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def _validate(self, g):
+        _check_hyper("learning rate", g["lr"])
+        _check_hyper("epsilon value", g["eps"])
+        betas = g["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"Invalid betas: expected two numbers, got {betas!r}")
+        _check_hyper("beta parameter at index 0", betas[0], 0.0, 1.0, hi_open=True)
+        _check_hyper("beta parameter at index 1", betas[1], 0.0, 1.0, hi_open=True)
+        _check_hyper("weight_decay value", g["weight_decay"])
+
+    def _update(self, p, g, state):
+        if "step" not in state:
+            state["step"] = 0
+            state["exp_avg"] = np.zeros_like(p.data)
+            state["exp_avg_sq"] = np.zeros_like(p.data)
+        step = int(state["step"]) + 1
+        beta1, beta2 = g["betas"]
+        F.adam_step(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], step=step, lr=g["lr"], beta1=beta1,
+                    beta2=beta2, eps=g["eps"], weight_decay=g["weight_decay"], decoupled_weight_decay=self._decoupled)
+        state["step"] = step
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: param *= 1 - lr*weight_decay before the update (torch.optim.AdamW)."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -22,6 +22,12 @@ namespace fuseprop {
     case Activation::gelu_tanh: { constexpr Activation A = Activation::gelu_tanh; __VA_ARGS__; break; }   \
   }
 
+// u = sqrt(2/pi) (z + 0.044715 z^3), the argument of tanh in PyTorch's GELU approximation.
+template <typename T>
+inline T gelu_tanh_inner(T z) {
+  return T(0.79788456080286535588) * (z + T(0.044715) * z * z * z);
+}
+
 // y = act(z). NaN propagates (relu(NaN) is NaN, as np.maximum).
 template <Activation A, typename T>
 inline T act_forward(T z, T slope) {
@@ -39,10 +45,11 @@ inline T act_forward(T z, T slope) {
   } else if constexpr (A == Activation::tanh) {
     return std::tanh(z);
   } else if constexpr (A == Activation::gelu) {
-    return T(0.5) * z * (T(1) + std::erf(z * T(0.70710678118654752440)));
-  } else {  // gelu_tanh: 0.5 z (1 + tanh(k (z + 0.044715 z^3))), k = sqrt(2/pi), as PyTorch
-    const T k = T(0.79788456080286535588);
-    return T(0.5) * z * (T(1) + std::tanh(k * (z + T(0.044715) * z * z * z)));
+    // z Phi(z) with Phi(z) = erfc(-z/sqrt2)/2: no cancellation in 1 + erf(.) for z < 0.
+    return T(0.5) * z * std::erfc(-z * T(0.70710678118654752440));
+  } else {  // gelu_tanh: 0.5 z (1 + tanh(u)), u = k (z + 0.044715 z^3), k = sqrt(2/pi), as PyTorch.
+    // 0.5 (1 + tanh(u)) = sigmoid(2u), which keeps full relative accuracy where tanh(u) is near -1.
+    return z * act_forward<Activation::sigmoid>(T(2) * gelu_tanh_inner(z), T(0));
   }
 }
 
@@ -62,13 +69,14 @@ inline T act_derivative(T z, T y, T slope) {
     return T(1) - y * y;
   } else if constexpr (A == Activation::gelu) {
     // Phi(z) + z phi(z)
-    const T cdf = T(0.5) * (T(1) + std::erf(z * T(0.70710678118654752440)));
+    const T cdf = T(0.5) * std::erfc(-z * T(0.70710678118654752440));
     const T pdf = std::exp(T(-0.5) * z * z) * T(0.39894228040143267794);
     return cdf + z * pdf;
-  } else {  // gelu_tanh
+  } else {  // gelu_tanh: with s = sigmoid(2u) = (1 + tanh u)/2, 1 - tanh^2 u = 4 s (1 - s), so
+    // d/dz [z s] = s + 2 z s (1 - s) k (1 + 3 * 0.044715 z^2)
+    const T s = act_forward<Activation::sigmoid>(T(2) * gelu_tanh_inner(z), T(0));
     const T k = T(0.79788456080286535588);
-    const T t = std::tanh(k * (z + T(0.044715) * z * z * z));
-    return T(0.5) * (T(1) + t) + T(0.5) * z * (T(1) - t * t) * k * (T(1) + T(3 * 0.044715) * z * z);
+    return s + T(2) * z * s * (T(1) - s) * k * (T(1) + T(3 * 0.044715) * z * z);
   }
 }
 

@@ -153,7 +153,8 @@ def linear_backward(grad_y, x, weight, z, y, activation="identity", negative_slo
     grad_x (B,IN) = dz @ weight. A grad_weight / grad_bias passed in is accumulated into (+=)
     and returned. With has_bias False, grad_bias is neither touched nor returned.
     """
-    dz = activation_backward(grad_y, z, y, activation, negative_slope)
+    # The identity's derivative needs neither z nor y: they may be None for it.
+    dz = grad_y if activation == "identity" else activation_backward(grad_y, z, y, activation, negative_slope)
     if grad_weight is None:
         grad_weight = dz.T @ x
     else:

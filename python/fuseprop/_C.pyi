@@ -1,0 +1,51 @@
+"""Type stubs for fuseprop's compiled module (csrc/bindings.cpp).
+
+Arrays: numpy.ndarray of float32 or float64 (one dtype per call), C-contiguous, aligned; arrays
+updated in place must be writeable and must not overlap the inputs. Labels: int64.
+"""
+from typing import Optional, Tuple
+
+import numpy as np
+
+__version__: str
+compiler: str
+arch: str
+kernel_level: str
+num_threads: int
+cuda_compiled: bool
+
+# a: op(a) (M,K); b: op(b) (K,N); c: (M,N) written in place when given
+def matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False, c: Optional[np.ndarray] = None,
+           alpha: float = 1.0, beta: float = 0.0) -> np.ndarray: ...
+def matmul_reference(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False,
+                     c: Optional[np.ndarray] = None, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray: ...
+# x, y: any shape, elementwise
+def activation_forward(x: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.ndarray: ...
+def activation_backward(grad_y: np.ndarray, x: np.ndarray, y: np.ndarray, activation: str,
+                        negative_slope: float = 0.01) -> np.ndarray: ...
+# x, y: (B,C), over each row
+def softmax_forward(x: np.ndarray) -> np.ndarray: ...
+def softmax_backward(grad_y: np.ndarray, y: np.ndarray) -> np.ndarray: ...
+def log_softmax_forward(x: np.ndarray) -> np.ndarray: ...
+def log_softmax_backward(grad_y: np.ndarray, y: np.ndarray) -> np.ndarray: ...
+# x (B,IN), weight (OUT,IN), bias (OUT,) -> (y, z) (B,OUT)
+def linear_forward(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, activation: str = "identity",
+                   negative_slope: float = 0.01) -> Tuple[np.ndarray, np.ndarray]: ...
+# -> (grad_x (B,IN) | None, grad_weight (OUT,IN), grad_bias (OUT,) | None); given grads accumulate in place
+def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, z: Optional[np.ndarray],
+                    y: Optional[np.ndarray], activation: str = "identity", negative_slope: float = 0.01,
+                    has_bias: bool = True, need_grad_x: bool = True, grad_weight: Optional[np.ndarray] = None,
+                    grad_bias: Optional[np.ndarray] = None
+                    ) -> Tuple[Optional[np.ndarray], np.ndarray, Optional[np.ndarray]]: ...
+# logits (B,C), labels (B,) int64 -> (loss, grad_logits)
+def cross_entropy_loss(logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0,
+                       reduction: str = "mean") -> Tuple[float, np.ndarray]: ...
+def mse_loss(pred: np.ndarray, target: np.ndarray, reduction: str = "mean") -> Tuple[float, np.ndarray]: ...
+def bce_with_logits_loss(logits: np.ndarray, target: np.ndarray, reduction: str = "mean") -> Tuple[float, np.ndarray]: ...
+# in place on param and state
+def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional[np.ndarray] = None, *, lr: float,
+             momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+             step: int = 1) -> None: ...
+def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
+              lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
+              decoupled_weight_decay: bool = False) -> None: ...

@@ -25,7 +25,8 @@ double cross_entropy_forward_backward(T* dlogits, const T* logits, const int64_t
     const T lse = m + std::log(sum);
     const int64_t y = labels[b];
     // -sum_c q_c (x_c - lse) = lse - (1-eps) x_y - (eps/C) sum_c x_c
-    total += double(lse) - double(T(1) - label_smoothing) * double(x[y]) - double(off) * double(sum_x);
+    total += double(lse) - double(T(1) - label_smoothing) * double(x[y]);
+    if (label_smoothing != T(0)) total -= double(off) * double(sum_x);  // skipped at 0: 0 * (-inf) would be NaN
     if (dlogits) {
       T* d = dlogits + b * C;
       for (int64_t c = 0; c < C; ++c) d[c] = (std::exp(x[c] - lse) - (c == y ? on : off)) * grad_scale;

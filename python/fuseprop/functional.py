@@ -77,7 +77,7 @@ def as_labels(labels, name="labels"):
         raise TypeError(f"{name} must be integer class indices, got dtype {labels.dtype}")
     if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
         raise ValueError(f"{name} holds a value too large to be a class index: {labels.max()}")
-    return np.ascontiguousarray(labels, dtype=np.int64)
+    return np.require(labels, np.int64, ["C_CONTIGUOUS", "ALIGNED"])  # keeps the shape, even 0-d
 
 
 def cross_entropy_loss(logits, labels, label_smoothing=0.0, reduction="mean"):

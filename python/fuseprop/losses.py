@@ -2,7 +2,7 @@
 ``loss_fn.backward()`` the gradient with respect to pred, both from ONE native pass.
 
 pred must be a float32 or float64 array (a model's output); targets are converted explicitly into
-a new array of pred's dtype (class labels: of any integer dtype, into int64).
+a new array of pred's dtype; CrossEntropyLoss takes integer class labels of any integer dtype.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class _Loss:
         if not isinstance(pred, np.ndarray) or pred.dtype not in (np.float32, np.float64):
             got = pred.dtype if isinstance(pred, np.ndarray) else type(pred).__name__
             raise TypeError(f"{name} must be a float32 or float64 numpy.ndarray, got {got}")
-        return np.ascontiguousarray(pred)
+        return np.require(pred, None, ["C_CONTIGUOUS", "ALIGNED"])
 
     def _compute(self, pred, target):
         raise NotImplementedError
@@ -55,10 +55,13 @@ class CrossEntropyLoss(_Loss):
             raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
         self.label_smoothing = float(label_smoothing)
 
-    def _compute(self, pred, target):
-        labels = np.asarray(target)
-        return F.cross_entropy_loss(self._pred(pred, "logits"), F.as_labels(labels, "target"), self.label_smoothing,
-                                    self.reduction)
+    def __call__(self, logits, labels) -> float:
+        """labels: integer class indices (B,) in [0, C), of any integer dtype."""
+        return super().__call__(logits, labels)
+
+    def _compute(self, logits, labels):
+        return F.cross_entropy_loss(self._pred(logits, "logits"), F.as_labels(np.asarray(labels), "labels"),
+                                    self.label_smoothing, self.reduction)
 
 
 class MSELoss(_Loss):

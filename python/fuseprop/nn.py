@@ -45,7 +45,7 @@ def as_input(x, dtype, name="x", ndim=None, features=None) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-D, got shape {arr.shape}")
     if features is not None and arr.shape[-1] != features:
         raise ValueError(f"{name} must have {features} features in its last dimension, got shape {arr.shape}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.require(arr, dtype, ["C_CONTIGUOUS", "ALIGNED"])  # a new array only when needed
 
 
 def _float_input(x, name, ndim=None) -> np.ndarray:
@@ -74,8 +74,11 @@ class Parameter:
             raise TypeError(f"{self.name or 'parameter'}.{what} must have dtype {self._data.dtype}, got {value.dtype}")
         if value.shape != self._data.shape:
             raise ValueError(f"{self.name or 'parameter'}.{what} must have shape {self._data.shape}, got {value.shape}")
-        if not value.flags.c_contiguous or not value.flags.aligned or not value.flags.writeable:
-            raise ValueError(f"{self.name or 'parameter'}.{what} must be a C-contiguous, aligned, writeable array")
+        for flag, problem in (("C_CONTIGUOUS", "a strided or transposed view"), ("ALIGNED", "an unaligned buffer"),
+                              ("WRITEABLE", "a read-only array")):
+            if not value.flags[flag]:
+                raise ValueError(f"{self.name or 'parameter'}.{what} must be a C-contiguous, aligned, writeable "
+                                 f"array, got {problem}")
         return value
 
     @property
@@ -476,7 +479,8 @@ class Sequential(Module):
     def train_step(self, x, y, loss_fn, optimizer) -> float:
         """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the loss.
 
-        Raises FloatingPointError, without touching the weights, when the loss or a gradient is not finite.
+        Raises FloatingPointError, without touching the weights, when the loss or a gradient is not finite;
+        and, after the fact, when the update itself overflowed (weights overwritten).
         """
         x = np.asarray(x)
         if x.ndim < 1 or x.shape[0] == 0:
@@ -491,4 +495,9 @@ class Sequential(Module):
             if not np.isfinite(p.grad).all():
                 raise FloatingPointError(f"the gradient of {name} is not finite; the weights were not updated")
         optimizer.step()
+        for name, p in self.named_parameters():
+            if not np.isfinite(p.data).all():
+                # The update is written in place: undoing it would cost a copy of every weight per step.
+                raise FloatingPointError(f"the optimizer update made {name} non-finite (is the learning rate too "
+                                         "large?); the weights were overwritten: reload them from a checkpoint")
         return loss

@@ -64,14 +64,43 @@ class Optimizer:
                 p.grad.fill(0)
 
     def step(self):
+        # Hyper-parameters may have been edited (schedules) and state replaced: check everything before
+        # the first update, so a refused step changes nothing.
         for g in self.param_groups:
-            self._validate(g)  # hyper-parameters may have been edited (schedules): check before any update
+            self._validate(g)
+            for p in g["params"]:
+                if self.state.get(p):
+                    self._check_state(p, self.state[p], p.name or "parameter")
         for g in self.param_groups:
             for p in g["params"]:
                 self._update(p, g, self.state.setdefault(p, {}))
 
     def _update(self, p: Parameter, group: dict, state: dict):
         raise NotImplementedError
+
+    # Per-parameter state: arrays of the parameter's shape, and an optional update count.
+    _state_arrays: tuple = ()
+    _state_counts: tuple = ()
+
+    def _check_state(self, p: Parameter, entry: dict, where: str) -> dict:
+        """entry with arrays of p's dtype (new arrays) and counts as ints; ValueError if it does not fit."""
+        expected = set(self._state_arrays) | set(self._state_counts)
+        if set(entry) != expected:
+            raise ValueError(f"state of {where} must have the entries {sorted(expected)}, got {sorted(entry)}")
+        checked = {}
+        for k in self._state_arrays:
+            v = np.asarray(entry[k])
+            if v.shape != p.shape or v.dtype.kind != "f":
+                raise ValueError(f"state {k!r} of {where} must be a float array of shape {p.shape}, "
+                                 f"got shape {v.shape} and dtype {v.dtype}")
+            checked[k] = v
+        for k in self._state_counts:
+            v = entry[k]
+            count = np.asarray(v).item() if np.ndim(v) == 0 and not isinstance(v, bool) else None
+            if not isinstance(count, (int, float)) or isinstance(count, bool) or count != int(count) or count < 1:
+                raise ValueError(f"state {k!r} of {where} must be a whole number >= 1, got {v!r}")
+            checked[k] = int(count)
+        return checked
 
     # -- state, in PyTorch's layout: parameters are numbered in group order
     def state_dict(self) -> dict:
@@ -94,21 +123,14 @@ class Optimizer:
             raise ValueError("loaded state dict has a different number of param groups or parameters")
         params = [p for g in self.param_groups for p in g["params"]]
         new_state = {}
-        for i, s in state_dict["state"].items():
+        for i, entry in state_dict["state"].items():
             i = int(i)
             if not 0 <= i < len(params):
                 raise ValueError(f"loaded state dict refers to parameter {i}, the optimizer has {len(params)}")
             p = params[i]
-            entry = {}
-            for k, v in s.items():
-                if isinstance(v, np.ndarray) or hasattr(v, "__array__"):
-                    v = np.asarray(v)
-                    if v.shape != p.shape or v.dtype.kind != "f":
-                        raise ValueError(f"state {k!r} of parameter {i} has shape {v.shape} and dtype {v.dtype}; "
-                                         f"expected shape {p.shape}, floats")
-                    v = np.array(v, dtype=p.dtype, order="C")
-                entry[k] = v
-            new_state[p] = entry
+            checked = self._check_state(p, entry, f"parameter {i}")
+            new_state[p] = {k: np.array(v, dtype=p.dtype, order="C") if isinstance(v, np.ndarray) else v
+                            for k, v in checked.items()}
         new_groups = []
         for loaded, current in zip(groups, self.param_groups):
             g = {**{k: v for k, v in loaded.items() if k != "params"}, "params": current["params"]}
@@ -127,6 +149,8 @@ class Optimizer:
 
 class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and weight decay (torch.optim.SGD)."""
+
+    _state_arrays = ("momentum_buffer",)
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0):
@@ -156,6 +180,8 @@ class Adam(Optimizer):
     """Adam with bias correction; weight_decay adds an L2 term to the gradient (torch.optim.Adam)."""
 
     _decoupled = False
+    _state_arrays = ("exp_avg", "exp_avg_sq")
+    _state_counts = ("step",)
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
@@ -171,11 +197,9 @@ class Adam(Optimizer):
         _check_hyper("weight_decay value", g["weight_decay"])
 
     def _update(self, p, g, state):
-        if "step" not in state:
-            state["step"] = 0
-            state["exp_avg"] = np.zeros_like(p.data)
-            state["exp_avg_sq"] = np.zeros_like(p.data)
-        step = int(state["step"]) + 1
+        if not state:
+            state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
+        step = state["step"] + 1
         beta1, beta2 = g["betas"]
         F.adam_step(p.data, p.grad, state["exp_avg"], state["exp_avg_sq"], step=step, lr=g["lr"], beta1=beta1,
                     beta2=beta2, eps=g["eps"], weight_decay=g["weight_decay"], decoupled_weight_decay=self._decoupled)

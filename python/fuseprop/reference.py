@@ -198,7 +198,8 @@ def cross_entropy_loss(logits, labels, label_smoothing=0.0, reduction="mean"):
     q = np.full_like(logits, label_smoothing / classes)
     q[np.arange(batch), labels] += 1 - label_smoothing
     log_probs = log_softmax_forward(logits)
-    loss = -float(np.sum(q * log_probs)) * scale
+    # Only the classes with q > 0 contribute: a -inf logit (a masked class) must not turn 0 * -inf into NaN.
+    loss = -float(np.sum(q * log_probs, where=q > 0)) * scale
     return loss, (np.exp(log_probs) - q) * scale
 
 

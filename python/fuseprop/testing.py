@@ -27,7 +27,8 @@ def assert_parity(actual, expected, *, rtol=None, atol=None, dtype=None, reducti
 
     NaN matches NaN at the same place and inf matches inf of the same sign. rtol / atol default
     to tolerances(dtype or actual.dtype, reduction_length). Returns the worst errors and the
-    tolerances used; max_rel_err is taken over elements whose expected value is nonzero.
+    tolerances; max_rel_err is taken over elements whose expected value is nonzero, and
+    tolerance_used is the worst error as a fraction of its element's tolerance.
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
@@ -60,6 +61,8 @@ def assert_parity(actual, expected, *, rtol=None, atol=None, dtype=None, reducti
         "max_abs_err": float(np.max(err, where=inexact, initial=0.0)),
         "max_rel_err": float(np.max(err / np.where(e == 0, 1.0, np.abs(e)),
                                     where=inexact & (e != 0), initial=0.0)),
+        # the largest err / (atol + rtol |expected|): 1.0 would be exactly at the tolerance
+        "tolerance_used": float(np.max(err / (atol + rtol * np.abs(e)), where=inexact, initial=0.0)),
         "rtol": rtol,
         "atol": atol,
     }

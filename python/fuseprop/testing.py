@@ -57,12 +57,14 @@ def assert_parity(actual, expected, *, rtol=None, atol=None, dtype=None, reducti
             f"{expected[worst].item()!r} (abs err {err[worst]:.3e}, rtol {rtol:g}, atol {atol:g})")
 
     inexact = ~identical
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero tolerance (atol=0, expected 0) divides by 0
+        used = err / (atol + rtol * np.abs(e))
     return {
         "max_abs_err": float(np.max(err, where=inexact, initial=0.0)),
         "max_rel_err": float(np.max(err / np.where(e == 0, 1.0, np.abs(e)),
                                     where=inexact & (e != 0), initial=0.0)),
         # the largest err / (atol + rtol |expected|): 1.0 would be exactly at the tolerance
-        "tolerance_used": float(np.max(err / (atol + rtol * np.abs(e)), where=inexact, initial=0.0)),
+        "tolerance_used": float(np.max(used, where=inexact, initial=0.0)),
         "rtol": rtol,
         "atol": atol,
     }

@@ -1,0 +1,20 @@
+"""The build: the kernels are portable C++ that also compiles for aarch64 (checked with a cross
+compiler when one is installed; .ci/run installs Debian's g++-aarch64-linux-gnu)."""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+CSRC = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+CROSS = shutil.which("aarch64-linux-gnu-g++")
+
+
+@pytest.mark.skipif(CROSS is None, reason="no aarch64 cross compiler (apt-get install g++-aarch64-linux-gnu)")
+@pytest.mark.parametrize("source", sorted(p.name for p in CSRC.glob("*.cpp") if p.name != "bindings.cpp"))
+def test_kernel_compiles_for_aarch64(source, tmp_path):
+    result = subprocess.run([CROSS, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-c", str(CSRC / source),
+                             "-I", str(CSRC), "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -18,10 +18,12 @@
 #include <vector>
 
 #include "activations.h"
+#include "cpu_features.h"
 #include "linear.h"
 #include "losses.h"
 #include "matmul.h"
 #include "optim.h"
+#include "threads.h"
 
 namespace py = pybind11;
 using namespace fuseprop;
@@ -567,6 +569,33 @@ PYBIND11_MODULE(_C, m) {
   m.attr("compiler") = compiler_string();
   m.attr("arch") = arch_string();
   m.attr("cuda_compiled") = bool(FUSEPROP_CUDA_COMPILED);
-  m.attr("kernel_level") = "generic";  // portable C++ at the baseline ISA; SIMD levels come with run-time dispatch
-  m.attr("num_threads") = 1;
+  m.attr("openmp") = openmp_enabled();
+
+  // ---- kernel selection and threads
+  m.def("cpu_level", [] { return std::string(cpu_level_name(cpu_level_active())); },
+        "the instruction set the float kernels use now: generic, avx2 or avx512");
+  m.def("cpu_levels_available", [] {
+    std::vector<std::string> names;
+    for (CpuLevel l : cpu_levels_available()) names.emplace_back(cpu_level_name(l));
+    return names;
+  }, "every level this CPU can run, lowest first");
+  m.def("set_cpu_level", [](const std::string& name) {
+    CpuLevel level;
+    if (!parse_cpu_level(name, &level))
+      throw py::value_error(cat("level must be one of generic, avx2, avx512; got '", name, "'"));
+    if (!set_cpu_level(level))
+      throw py::value_error(cat("this CPU cannot run the ", name, " kernels; available: up to ", cpu_level_name(cpu_level_supported())));
+  }, "level"_a);
+  m.def("get_num_threads", &num_threads);
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw py::value_error(cat("num_threads must be >= 1, got ", n));
+    set_num_threads(n);
+  }, "n"_a);
+  m.def("_set_gemm_path", [](const std::string& name) {
+    static const std::pair<const char*, GemmPath> table[] = {
+        {"auto", GemmPath::automatic}, {"packed", GemmPath::packed}, {"direct", GemmPath::direct}, {"dot", GemmPath::dot}};
+    for (const auto& [n, p] : table)
+      if (name == n) return set_gemm_path(p);
+    throw py::value_error(cat("path must be auto, packed, direct or dot; got '", name, "'"));
+  }, "path"_a, "force a GEMM path (tests and benchmarks); a path that cannot serve a call falls back to packed");
 }

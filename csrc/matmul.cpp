@@ -1,6 +1,78 @@
 #include "matmul.h"
 
+#include <atomic>
+
+#include "cpu_features.h"
+
 namespace fuseprop {
+
+namespace {
+
+// Portable tiles: the generic level for float, and every level for double. The j loops vectorise
+// at the baseline instruction set; no reassociation is needed, so no -ffast-math.
+constexpr int kGenericMR = 4, kGenericNR = 8, kGenericDM = 4, kGenericDN = 4;
+
+// c (m,n) = alpha * sum_p a(i,p) b(p,j) + beta * c; see TileFn. Packed strides when rs_a == 0.
+template <typename T, bool Packed>
+void generic_tile(int64_t k, const T* a, int64_t rs_a, int64_t cs_a, const T* b, int64_t rs_b, T* c, int64_t ldc,
+                  T alpha, T beta, int64_t m, int64_t n) {
+  constexpr int MR = kGenericMR, NR = kGenericNR;
+  T acc[MR][NR] = {};
+  const int64_t row_step = Packed ? 1 : rs_a, a_step = Packed ? MR : cs_a, b_step = Packed ? NR : rs_b;
+  for (int64_t p = 0; p < k; ++p, a += a_step, b += b_step) {
+    for (int i = 0; i < MR; ++i) {
+      const T ai = (Packed || i < m) ? a[i * row_step] : T(0);
+      if (Packed || n == NR) {
+        for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+      } else {
+        for (int j = 0; j < n; ++j) acc[i][j] += ai * b[j];
+      }
+    }
+  }
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T& cij = c[i * ldc + j];
+      cij = beta == T(0) ? alpha * acc[i][j] : alpha * acc[i][j] + beta * cij;
+    }
+}
+
+// c (m,n) = alpha * sum_p a[i*lda + p] b[j*ldb + p] + beta * c; see DotTileFn.
+template <typename T>
+void generic_dot_tile(int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, T alpha, T beta,
+                      int64_t m, int64_t n) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      T sum = 0;
+      for (int64_t p = 0; p < k; ++p) sum += a[i * lda + p] * b[j * ldb + p];
+      T& cij = c[i * ldc + j];
+      cij = beta == T(0) ? alpha * sum : alpha * sum + beta * cij;
+    }
+}
+
+template <typename T>
+const GemmKernels<T> generic_kernels = {
+    "generic", kGenericMR, kGenericNR, generic_tile<T, true>, generic_tile<T, false>,
+    kGenericDM, kGenericDN, generic_dot_tile<T>, /*mc=*/96, /*kc=*/256, /*nc=*/2048};
+
+std::atomic<int> forced_path{static_cast<int>(GemmPath::automatic)};
+
+}  // namespace
+
+const GemmKernels<float>& gemm_kernels(float) {
+#if defined(FUSEPROP_SIMD_X86)
+  switch (cpu_level_active()) {
+    case CpuLevel::avx512: return gemm_kernels_avx512;
+    case CpuLevel::avx2: return gemm_kernels_avx2;
+    default: break;
+  }
+#endif
+  return generic_kernels<float>;
+}
+
+const GemmKernels<double>& gemm_kernels(double) { return generic_kernels<double>; }
+
+GemmPath gemm_path() { return static_cast<GemmPath>(forced_path.load(std::memory_order_relaxed)); }
+void set_gemm_path(GemmPath path) { forced_path.store(static_cast<int>(path), std::memory_order_relaxed); }
 
 // op(A) (M,K), op(B) (K,N), C (M,N): C = alpha op(A) op(B) + beta C
 template <typename T>

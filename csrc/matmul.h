@@ -1,9 +1,16 @@
 // GEMM: C = alpha * op(A) * op(B) + beta * C, row-major with leading dimensions.
 //
-// The blocked driver follows the BLIS/GotoBLAS structure: op(B) is packed into KC x NR column
-// strips, op(A) into MC x KC row strips of height MR, and a register-blocked MR x NR micro-kernel
-// accumulates each tile over one KC slice. Packing makes every transpose case read contiguous
-// memory in the inner loop, so one micro-kernel serves all four (trans_a, trans_b) combinations.
+// One driver, three paths, the same tile kernels underneath (gemm_kernels.h, chosen per CPU):
+//  - packed (BLIS/GotoBLAS): op(B) is packed into kc x nr strips, op(A) into mc x kc blocks of
+//    mr-row strips, and an mr x nr register tile accumulates over each kc slice. Packing makes
+//    every transpose case contiguous and keeps the blocks in cache; threads share the packed
+//    panels and split the tiles.
+//  - direct: no packing, for small problems whose op(B) rows are contiguous (NN and TN): the tile
+//    kernel reads the caller's arrays, which still fit in cache.
+//  - dot: no packing, for C = A B^T with A and B row-major (the linear layer's x W^T) when the
+//    output is small: each tile is a block of dot products along the contiguous k.
+// Determinism: k is never split across threads and each tile sums in a fixed order, so results
+// are identical whatever the thread count (they may differ between instruction sets: FMA rounds once).
 // An epilogue functor runs on each finished tile while it is still in cache: that is where the
 // fused linear layer adds its bias and applies its activation.
 #pragma once
@@ -13,6 +20,8 @@
 #include <vector>
 
 #include "common.h"
+#include "gemm_kernels.h"
+#include "threads.h"
 
 namespace fuseprop {
 
@@ -22,25 +31,19 @@ template <typename T>
 void matmul(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
             int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta);
 
-// The readable triple loop with the same contract: the reference for the blocked version.
+// The readable triple loop with the same contract: the reference for the fast paths.
 template <typename T>
 void matmul_reference(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, int64_t lda,
                       int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta);
 
-// ---- blocked driver (a template so fused callers can pass their own epilogue) ----
+// The kernels in use: float follows the CPU level; double always uses the portable kernels.
+const GemmKernels<float>& gemm_kernels(float);
+const GemmKernels<double>& gemm_kernels(double);
 
-template <typename T>
-struct GemmBlocking;
-template <>
-struct GemmBlocking<float> {
-  static constexpr int MR = 4, NR = 16;
-  static constexpr int64_t MC = 96, KC = 256, NC = 2048;
-};
-template <>
-struct GemmBlocking<double> {
-  static constexpr int MR = 4, NR = 8;
-  static constexpr int64_t MC = 96, KC = 256, NC = 1024;
-};
+// Which path the driver takes: auto (by shape), or forced, for tests and benchmarks.
+enum class GemmPath : int { automatic = 0, packed, direct, dot };
+GemmPath gemm_path();
+void set_gemm_path(GemmPath path);
 
 // Does nothing to a finished tile.
 struct NoEpilogue {
@@ -48,107 +51,167 @@ struct NoEpilogue {
   void operator()(T*, int64_t, int64_t, int64_t, int64_t, int64_t) const {}
 };
 
-// One growable buffer per thread and purpose: after the first call of a given size, no allocation.
+// One growable buffer per calling thread and purpose: after the first call of a given size, no allocation.
 template <typename T, int Slot>
-T* gemm_pack_buffer(int64_t n) {
+T* gemm_buffer(int64_t n) {
   thread_local std::vector<T> buf;
   if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
   return buf.data();
 }
 
-// op(A) rows [i0, i0+mc) x cols [p0, p0+kc) -> Ap, strips of MR rows, zero-padded: Ap[s][p][r]
-template <typename T, int MR>
-void gemm_pack_a(T* Ap, const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t mc, int64_t p0, int64_t kc) {
-  for (int64_t s = 0; s < mc; s += MR) {
-    const int64_t rows = mc - s < MR ? mc - s : MR;
-    for (int64_t p = 0; p < kc; ++p) {
-      for (int64_t r = 0; r < MR; ++r) {
-        const int64_t i = i0 + s + r, k = p0 + p;
-        *Ap++ = r < rows ? (trans_a ? A[k * lda + i] : A[i * lda + k]) : T(0);
-      }
-    }
-  }
-}
-
-// op(B) rows [p0, p0+kc) x cols [j0, j0+nc) -> Bp, strips of NR columns, zero-padded: Bp[s][p][c]
-template <typename T, int NR>
-void gemm_pack_b(T* Bp, const T* B, int64_t ldb, bool trans_b, int64_t p0, int64_t kc, int64_t j0, int64_t nc) {
-  for (int64_t s = 0; s < nc; s += NR) {
-    const int64_t cols = nc - s < NR ? nc - s : NR;
-    for (int64_t p = 0; p < kc; ++p) {
-      for (int64_t c = 0; c < NR; ++c) {
-        const int64_t j = j0 + s + c, k = p0 + p;
-        *Bp++ = c < cols ? (trans_b ? B[j * ldb + k] : B[k * ldb + j]) : T(0);
-      }
-    }
-  }
-}
-
-// acc (MR,NR) = sum over p < kc of Ap[p][:] outer Bp[p][:]; the j loop vectorises at any ISA.
-template <typename T, int MR, int NR>
-inline void gemm_micro_kernel(T (&acc)[MR][NR], int64_t kc, const T* Ap, const T* Bp) {
-  for (int r = 0; r < MR; ++r)
-    for (int c = 0; c < NR; ++c) acc[r][c] = T(0);
-  for (int64_t p = 0; p < kc; ++p) {
-    const T* a = Ap + p * MR;
-    const T* b = Bp + p * NR;
-    for (int r = 0; r < MR; ++r) {
-      const T ar = a[r];
-      for (int c = 0; c < NR; ++c) acc[r][c] += ar * b[c];
-    }
-  }
-}
-
-// C tile (rows, cols) = alpha * acc + beta * C tile; beta == 0 never reads C.
-template <typename T, int MR, int NR>
-inline void gemm_write_tile(T* C, int64_t ldc, const T (&acc)[MR][NR], int64_t rows, int64_t cols, T alpha, T beta) {
-  for (int64_t r = 0; r < rows; ++r) {
-    T* c = C + r * ldc;
-    if (beta == T(0)) {
-      for (int64_t j = 0; j < cols; ++j) c[j] = alpha * acc[r][j];
+// op(A) rows [i0, i0+rows) x cols [p0, p0+kc) -> one strip of MR rows, zero-padded: Ap[p][r]
+template <typename T>
+void gemm_pack_a_strip(T* Ap, const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t rows, int mr, int64_t p0,
+                       int64_t kc) {
+  for (int64_t p = 0; p < kc; ++p, Ap += mr) {
+    int64_t r = 0;
+    if (trans_a) {  // op(A)(i, k) = A[k][i]: the strip's row is contiguous in A
+      const T* src = A + (p0 + p) * lda + i0;
+      for (; r < rows; ++r) Ap[r] = src[r];
     } else {
-      for (int64_t j = 0; j < cols; ++j) c[j] = alpha * acc[r][j] + beta * c[j];
+      const T* src = A + i0 * lda + p0 + p;
+      for (; r < rows; ++r) Ap[r] = src[r * lda];
+    }
+    for (; r < mr; ++r) Ap[r] = T(0);
+  }
+}
+
+// op(B) rows [p0, p0+kc) x cols [j0, j0+cols) -> one strip of NR columns, zero-padded: Bp[p][c]
+template <typename T>
+void gemm_pack_b_strip(T* Bp, const T* B, int64_t ldb, bool trans_b, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
+                       int nr) {
+  for (int64_t p = 0; p < kc; ++p, Bp += nr) {
+    int64_t c = 0;
+    if (trans_b) {  // op(B)(k, j) = B[j][k]
+      const T* src = B + j0 * ldb + p0 + p;
+      for (; c < cols; ++c) Bp[c] = src[c * ldb];
+    } else {
+      const T* src = B + (p0 + p) * ldb + j0;
+      for (; c < cols; ++c) Bp[c] = src[c];
+    }
+    for (; c < nr; ++c) Bp[c] = T(0);
+  }
+}
+
+// Problems this small, with operands that fit in L2, skip packing.
+inline bool gemm_is_small(int64_t M, int64_t N, int64_t K, size_t elem) {
+  return (M * K + K * N + M * N) * int64_t(elem) <= (int64_t(256) << 10);
+}
+
+// One thread's packed GEMM over all of C (M,N): the BLIS loops, no synchronisation.
+template <typename T, typename Epilogue>
+void matmul_packed_serial(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K,
+                          int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
+                          const Epilogue& epilogue) {
+  const int mr = kern.mr, nr = kern.nr;
+  const int64_t nc_max = N < kern.nc ? N : kern.nc, mc_max = M < kern.mc ? M : kern.mc;
+  T* Bp = gemm_buffer<T, 0>(kern.kc * ceil_div(nc_max, nr) * nr);
+  T* Ap = gemm_buffer<T, 1>(kern.kc * ceil_div(mc_max, mr) * mr);
+  for (int64_t j0 = 0; j0 < N; j0 += kern.nc) {
+    const int64_t nc = N - j0 < kern.nc ? N - j0 : kern.nc;
+    for (int64_t p0 = 0; p0 < K; p0 += kern.kc) {
+      const int64_t kc = K - p0 < kern.kc ? K - p0 : kern.kc;
+      const T beta_here = p0 == 0 ? beta : T(1);  // later k slices add to what the first wrote
+      const bool last_slice = p0 + kc == K;
+      for (int64_t jr = 0; jr < nc; jr += nr)
+        gemm_pack_b_strip(Bp + jr * kc, B, ldb, trans_b, p0, kc, j0 + jr, nc - jr < nr ? nc - jr : nr, nr);
+      for (int64_t i0 = 0; i0 < M; i0 += kern.mc) {
+        const int64_t mc = M - i0 < kern.mc ? M - i0 : kern.mc;
+        for (int64_t ir = 0; ir < mc; ir += mr)
+          gemm_pack_a_strip(Ap + ir * kc, A, lda, trans_a, i0 + ir, mc - ir < mr ? mc - ir : mr, mr, p0, kc);
+        for (int64_t jr = 0; jr < nc; jr += nr) {
+          const int64_t cols = nc - jr < nr ? nc - jr : nr;
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int64_t rows = mc - ir < mr ? mc - ir : mr;
+            T* Ct = C + (i0 + ir) * ldc + j0 + jr;
+            kern.packed_tile(kc, Ap + ir * kc, 0, 0, Bp + jr * kc, 0, Ct, ldc, alpha, beta_here, rows, cols);
+            if (last_slice) epilogue(Ct, ldc, i0 + ir, j0 + jr, rows, cols);
+          }
+        }
+      }
     }
   }
 }
 
-// The blocked GEMM; epilogue(C_tile, ldc, row0, col0, rows, cols) runs once per finished tile.
+// The packed GEMM on `threads` threads: each takes a slab of C, whole tiles wide, along its longer
+// side, and packs its own panels. No barrier inside (a descheduled thread holds up no one until the
+// end), and each element is still summed by one thread in the same order as on one thread.
+template <typename T, typename Epilogue>
+void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K,
+                   int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
+                   const Epilogue& epilogue, int threads) {
+  const bool split_n = N / kern.nr >= M / kern.mr;
+  const int64_t units = split_n ? ceil_div(N, kern.nr) : ceil_div(M, kern.mr);
+  if (threads > units) threads = static_cast<int>(units);
+  if (threads <= 1) {
+    matmul_packed_serial(kern, C, A, B, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta, epilogue);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+#endif
+  for (int t = 0; t < threads; ++t) {
+    const int64_t u0 = units * t / threads, u1 = units * (t + 1) / threads;
+    if (split_n) {
+      const int64_t j0 = u0 * kern.nr, j1 = u1 * kern.nr < N ? u1 * kern.nr : N;
+      const auto shifted = [&](T* c, int64_t ld, int64_t r, int64_t col, int64_t rows, int64_t cols) {
+        epilogue(c, ld, r, col + j0, rows, cols);
+      };
+      matmul_packed_serial(kern, C + j0, A, trans_b ? B + j0 * ldb : B + j0, M, j1 - j0, K, lda, ldb, ldc, trans_a,
+                           trans_b, alpha, beta, shifted);
+    } else {
+      const int64_t i0 = u0 * kern.mr, i1 = u1 * kern.mr < M ? u1 * kern.mr : M;
+      const auto shifted = [&](T* c, int64_t ld, int64_t r, int64_t col, int64_t rows, int64_t cols) {
+        epilogue(c, ld, r + i0, col, rows, cols);
+      };
+      matmul_packed_serial(kern, C + i0 * ldc, trans_a ? A + i0 : A + i0 * lda, B, i1 - i0, N, K, lda, ldb, ldc,
+                           trans_a, trans_b, alpha, beta, shifted);
+    }
+  }
+}
+
+// The blocked GEMM with an epilogue(C_tile, ldc, row0, col0, rows, cols) run once per finished tile.
 template <typename T, typename Epilogue>
 void matmul_blocked(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
                     int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta, const Epilogue& epilogue) {
-  using Blk = GemmBlocking<T>;
-  constexpr int MR = Blk::MR, NR = Blk::NR;
   if (M == 0 || N == 0) return;
-  if (K == 0) {  // empty sum: C = beta * C, then the epilogue
+  if (K == 0) {  // an empty sum: C = beta * C, then the epilogue
     for (int64_t i = 0; i < M; ++i)
       for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == T(0) ? T(0) : beta * C[i * ldc + j];
     epilogue(C, ldc, int64_t(0), int64_t(0), M, N);
     return;
   }
-  T* Bp = gemm_pack_buffer<T, 0>(Blk::KC * ceil_div(N < Blk::NC ? N : Blk::NC, NR) * NR);
-  T* Ap = gemm_pack_buffer<T, 1>(Blk::KC * ceil_div(M < Blk::MC ? M : Blk::MC, MR) * MR);
-  T acc[MR][NR];
-  for (int64_t j0 = 0; j0 < N; j0 += Blk::NC) {
-    const int64_t nc = N - j0 < Blk::NC ? N - j0 : Blk::NC;
-    for (int64_t p0 = 0; p0 < K; p0 += Blk::KC) {
-      const int64_t kc = K - p0 < Blk::KC ? K - p0 : Blk::KC;
-      const T beta_here = p0 == 0 ? beta : T(1);  // later K slices add to what the first wrote
-      const bool last_slice = p0 + kc == K;
-      gemm_pack_b<T, NR>(Bp, B, ldb, trans_b, p0, kc, j0, nc);
-      for (int64_t i0 = 0; i0 < M; i0 += Blk::MC) {
-        const int64_t mc = M - i0 < Blk::MC ? M - i0 : Blk::MC;
-        gemm_pack_a<T, MR>(Ap, A, lda, trans_a, i0, mc, p0, kc);
-        for (int64_t jr = 0; jr < nc; jr += NR) {
-          const int64_t cols = nc - jr < NR ? nc - jr : NR;
-          for (int64_t ir = 0; ir < mc; ir += MR) {
-            const int64_t rows = mc - ir < MR ? mc - ir : MR;
-            gemm_micro_kernel<T, MR, NR>(acc, kc, Ap + ir * kc, Bp + jr * kc);
-            T* Ctile = C + (i0 + ir) * ldc + (j0 + jr);
-            gemm_write_tile<T, MR, NR>(Ctile, ldc, acc, rows, cols, alpha, beta_here);
-            if (last_slice) epilogue(Ctile, ldc, i0 + ir, j0 + jr, rows, cols);
-          }
-        }
-      }
+  const GemmKernels<T>& kern = gemm_kernels(T{});
+  const int threads = threads_for(M * N * K);
+  GemmPath path = gemm_path();
+  if (path == GemmPath::automatic) {
+    const bool small = gemm_is_small(M, N, K, sizeof(T));
+    if (small && !trans_a && trans_b) path = GemmPath::dot;
+    else if (small && !trans_b) path = GemmPath::direct;
+    else path = GemmPath::packed;
+  }
+  if (path == GemmPath::dot && !(!trans_a && trans_b)) path = GemmPath::packed;      // dot needs A and B rows along k
+  if (path == GemmPath::direct && trans_b) path = GemmPath::packed;                  // direct needs rows of op(B)
+  if (path == GemmPath::packed) {
+    matmul_packed(kern, C, A, B, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta, epilogue, threads);
+    return;
+  }
+  const int tm = path == GemmPath::dot ? kern.dm : kern.mr, tn = path == GemmPath::dot ? kern.dn : kern.nr;
+  const int64_t m_tiles = ceil_div(M, tm), n_tiles = ceil_div(N, tn);
+  const int64_t rs_a = trans_a ? 1 : lda, cs_a = trans_a ? lda : 1;
+#if defined(_OPENMP)
+#pragma omp parallel for schedule(static) collapse(2) num_threads(threads) if (threads > 1)
+#endif
+  for (int64_t it = 0; it < m_tiles; ++it) {
+    for (int64_t jt = 0; jt < n_tiles; ++jt) {
+      const int64_t i0 = it * tm, j0 = jt * tn;
+      const int64_t rows = M - i0 < tm ? M - i0 : tm, cols = N - j0 < tn ? N - j0 : tn;
+      T* Ct = C + i0 * ldc + j0;
+      if (path == GemmPath::dot)
+        kern.dot_tile(K, A + i0 * lda, lda, B + j0 * ldb, ldb, Ct, ldc, alpha, beta, rows, cols);
+      else
+        kern.direct_tile(K, A + i0 * rs_a, rs_a, cs_a, B + j0, ldb, Ct, ldc, alpha, beta, rows, cols);
+      epilogue(Ct, ldc, i0, j0, rows, cols);
     }
   }
 }

@@ -13,7 +13,9 @@ CROSS = shutil.which("aarch64-linux-gnu-g++")
 
 
 @pytest.mark.skipif(CROSS is None, reason="no aarch64 cross compiler (apt-get install g++-aarch64-linux-gnu)")
-@pytest.mark.parametrize("source", sorted(p.name for p in CSRC.glob("*.cpp") if p.name != "bindings.cpp"))
+# What CMake builds on aarch64: every kernel source but the x86-only SIMD files (and the bindings).
+@pytest.mark.parametrize("source", sorted(p.name for p in CSRC.glob("*.cpp")
+                                          if p.name != "bindings.cpp" and not p.name.startswith("matmul_avx")))
 def test_kernel_compiles_for_aarch64(source, tmp_path):
     result = subprocess.run([CROSS, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-c", str(CSRC / source),
                              "-I", str(CSRC), "-o", str(tmp_path / "k.o")], capture_output=True, text=True)

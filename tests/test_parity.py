@@ -42,9 +42,9 @@ def normal(rng, *shape, scale=1.0):
 
 ELEMENTWISE_SHAPES = [(1, 1), (7, 13), (0, 5), (2, 3, 5), (64, 257)]
 ROW_SHAPES = [(1, 1), (7, 13), (0, 5), (4, 1000), (33, 10)]
-LINEAR_SHAPES = [(1, 1, 1), (7, 13, 5), (32, 784, 16), (0, 5, 3), (5, 3, 1), (130, 300, 97), (3, 520, 2100)]
+LINEAR_SHAPES = [(1, 1, 1), (7, 13, 5), (32, 784, 16), (0, 5, 3), (5, 3, 1), (130, 300, 97), (2, 40, 3100)]
 MATMUL_SHAPES = [(1, 1, 1), (7, 13, 5), (32, 16, 784), (16, 784, 32), (0, 5, 3), (5, 0, 3), (4, 6, 0),
-                 (97, 65, 300), (130, 40, 520), (3, 2100, 5)]
+                 (97, 65, 300), (130, 40, 520), (3, 3100, 5)]  # 3100 > every level's nc
 ACTS = [("identity", 0.01), ("relu", 0.01), ("leaky_relu", 0.01), ("leaky_relu", 0.3), ("sigmoid", 0.01),
         ("tanh", 0.01), ("gelu", 0.01), ("gelu_tanh", 0.01)]
 
@@ -187,9 +187,49 @@ def upcast(value):
     return value
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+# float32 runs on every instruction set this machine has; float64 always uses the portable kernels.
+LEVELS = list(_C.cpu_levels_available())
+CONFIGS = [(np.float32, level) for level in LEVELS] + [(np.float64, "generic")]
+
+
+@pytest.fixture
+def cpu_level(request):
+    """Runs the test with the float kernels of one instruction set, then restores the default."""
+    default = fuseprop.cpu_level()
+    fuseprop.set_cpu_level(request.param)
+    yield request.param
+    fuseprop.set_cpu_level(default)
+
+
+@pytest.fixture
+def gemm_path(request):
+    """Forces one GEMM path (auto, packed, direct or dot), then restores auto."""
+    _C._set_gemm_path(request.param)
+    yield request.param
+    _C._set_gemm_path("auto")
+
+
+@pytest.mark.parametrize("dtype,cpu_level", CONFIGS, indirect=["cpu_level"],
+                         ids=[f"{np.dtype(d).name}-{lv}" for d, lv in CONFIGS])
 @pytest.mark.parametrize("op,shape", CASES, ids=[f"{op.name}-{'x'.join(map(str, s))}" for op, s in CASES])
-def test_native_matches_reference(op, shape, dtype):
+def test_native_matches_reference(op, shape, dtype, cpu_level):
+    check_case(op, shape, dtype)
+
+
+# Every matmul case, and the fused linear layer with two epilogues (the epilogue does not depend on the path).
+GEMM_OPS = [op for op in REGISTRY if op.covers == "matmul" or (
+    op.covers in ("linear_forward", "linear_backward") and op.name.endswith(("gelu_tanh_0.01_bias", "relu_0.01_nobias")))]
+GEMM_CASES = [(op, shape) for op in GEMM_OPS for shape in op.shapes]
+
+
+@pytest.mark.parametrize("gemm_path", ["packed", "direct", "dot"], indirect=True)
+@pytest.mark.parametrize("cpu_level", LEVELS, indirect=True)
+@pytest.mark.parametrize("op,shape", GEMM_CASES, ids=[f"{op.name}-{'x'.join(map(str, s))}" for op, s in GEMM_CASES])
+def test_every_gemm_path_matches_reference(op, shape, cpu_level, gemm_path):
+    check_case(op, shape, np.float32)
+
+
+def check_case(op, shape, dtype):
     rng = np.random.default_rng(abs(hash((op.name, shape))) % 2**32)
     args = cast(op.make(rng, shape), dtype)  # values representable in dtype, so both sides see the same inputs
     reference_args = upcast(args)  # copies, taken before in-place ops update args

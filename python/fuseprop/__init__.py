@@ -15,8 +15,30 @@ from ._random import manual_seed, default_generator
 
 __version__ = _C.__version__
 
-__all__ = ["__version__", "build_info", "manual_seed", "default_generator", "functional", "init", "losses", "nn",
-           "optim", "reference", "testing"]
+__all__ = ["__version__", "build_info", "manual_seed", "default_generator", "get_num_threads", "set_num_threads",
+           "cpu_level", "set_cpu_level", "functional", "init", "losses", "nn", "optim", "reference", "testing"]
+
+
+def get_num_threads() -> int:
+    """Threads the kernels use (from OMP_NUM_THREADS, else the CPUs this process may run on)."""
+    return _C.get_num_threads()
+
+
+def set_num_threads(n: int) -> None:
+    """Use n >= 1 threads. Results are identical whatever n: no sum is ever split across threads."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"num_threads must be an integer, got {type(n).__name__}")
+    _C.set_num_threads(int(n))
+
+
+def cpu_level() -> str:
+    """The instruction set the float kernels use: "generic", "avx2" or "avx512"."""
+    return _C.cpu_level()
+
+
+def set_cpu_level(level: str) -> None:
+    """Use the kernels of another instruction set this CPU supports (FUSEPROP_CPU sets it at import)."""
+    _C.set_cpu_level(level)
 
 
 def build_info() -> dict:
@@ -26,8 +48,10 @@ def build_info() -> dict:
         "compiler": _C.compiler,
         "arch": _C.arch,
         "machine": platform.machine(),
-        "kernel_level": _C.kernel_level,
-        "num_threads": _C.num_threads,
+        "kernel_level": _C.cpu_level(),
+        "kernel_levels_available": list(_C.cpu_levels_available()),
+        "num_threads": _C.get_num_threads(),
+        "openmp": bool(_C.openmp),
         "cuda_compiled": bool(_C.cuda_compiled),
         "cuda_available": False,
         "cuda_status": "no CUDA device: this build has no CUDA backend" if not _C.cuda_compiled else "no CUDA device",

@@ -1,0 +1,10 @@
+"""Fused linear layer + ReLU, forward (y, z) and backward (dx, dW, db): fuseprop.functional's
+linear_forward / linear_backward vs the same formulas in NumPy and in torch. See conftest.py for how to run."""
+import pytest
+
+from impls import SPECS
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.name) for s in SPECS["linear"]])
+def test_linear(run_case, spec):
+    run_case(spec)

@@ -1,0 +1,10 @@
+"""Training steps (forward, softmax cross-entropy, backward, SGD update) of ReLU MLPs: fuseprop's
+Sequential.train_step vs a plain NumPy step vs torch eager. See conftest.py for how to run."""
+import pytest
+
+from impls import SPECS
+
+
+@pytest.mark.parametrize("spec", [pytest.param(s, id=s.name) for s in SPECS["train"]])
+def test_train_step(run_case, spec):
+    run_case(spec)

@@ -1,0 +1,121 @@
+"""Threads and instruction sets: results are identical whatever the thread count; the thread
+count and the kernel level can be set (and come from OMP_NUM_THREADS / FUSEPROP_CPU)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fuseprop
+from fuseprop import _C, functional as F, losses, nn, optim
+
+LEVELS = list(_C.cpu_levels_available())
+THREADS = [1, 2, 3, 4]
+
+
+@pytest.fixture(autouse=True)
+def restore_defaults():
+    threads, level = fuseprop.get_num_threads(), fuseprop.cpu_level()
+    yield
+    fuseprop.set_num_threads(threads)
+    fuseprop.set_cpu_level(level)
+    _C._set_gemm_path("auto")
+
+
+# Big enough that every path runs threaded (over 2^18 multiply-adds), with ragged edges.
+SHAPES = [(257, 300, 129), (64, 1000, 70), (1000, 40, 33), (33, 17, 1500)]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("path", ["auto", "packed", "direct", "dot"])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (False, True), (True, False), (True, True)])
+def test_matmul_is_bitwise_identical_for_any_thread_count(level, path, trans_a, trans_b):
+    fuseprop.set_cpu_level(level)
+    _C._set_gemm_path(path)
+    rng = np.random.default_rng(0)
+    for m, n, k in SHAPES:
+        a = rng.normal(size=(k, m) if trans_a else (m, k)).astype(np.float32)
+        b = rng.normal(size=(n, k) if trans_b else (k, n)).astype(np.float32)
+        results = []
+        for t in THREADS:
+            fuseprop.set_num_threads(t)
+            results.append(F.matmul(a, b, trans_a, trans_b))
+        for t, r in zip(THREADS[1:], results[1:]):
+            assert np.array_equal(r, results[0]), f"{m}x{n}x{k} differs between 1 and {t} threads"
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_training_is_bitwise_identical_for_any_thread_count(level):
+    fuseprop.set_cpu_level(level)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(512, 784)).astype(np.float32)
+    y = rng.integers(0, 10, size=512)
+    finals = []
+    for t in THREADS:
+        fuseprop.set_num_threads(t)
+        fuseprop.manual_seed(2)
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 128), nn.GELU(), nn.Linear(128, 10))
+        opt = optim.Adam(model.parameters(), lr=1e-3)
+        for i in range(0, 512, 128):
+            model.train_step(x[i:i + 128], y[i:i + 128], losses.CrossEntropyLoss(), opt)
+        finals.append(model.state_dict())
+    for t, state in zip(THREADS[1:], finals[1:]):
+        for k in state:
+            assert np.array_equal(state[k], finals[0][k]), f"{k} differs between 1 and {t} threads"
+
+
+def test_set_num_threads_validates_and_round_trips():
+    fuseprop.set_num_threads(3)
+    assert fuseprop.get_num_threads() == (3 if _C.openmp else 1)
+    assert fuseprop.build_info()["num_threads"] == fuseprop.get_num_threads()
+    with pytest.raises(ValueError, match="num_threads must be >= 1, got 0"):
+        fuseprop.set_num_threads(0)
+    with pytest.raises(TypeError, match="num_threads must be an integer"):
+        fuseprop.set_num_threads(2.5)
+
+
+def test_set_cpu_level_validates():
+    with pytest.raises(ValueError, match="level must be one of generic, avx2, avx512; got 'sse9'"):
+        fuseprop.set_cpu_level("sse9")
+    if "avx512" not in LEVELS:
+        with pytest.raises(ValueError, match="this CPU cannot run the avx512 kernels"):
+            fuseprop.set_cpu_level("avx512")
+    for level in LEVELS:
+        fuseprop.set_cpu_level(level)
+        assert fuseprop.cpu_level() == level == fuseprop.build_info()["kernel_level"]
+
+
+def run_python(code, **env):
+    full_env = {**os.environ, **env}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.mark.skipif(not _C.openmp, reason="built without OpenMP: always one thread")
+def test_omp_num_threads_sets_the_default():
+    result = run_python("import fuseprop; print(fuseprop.get_num_threads())", OMP_NUM_THREADS="3")
+    assert result.stdout.strip() == "3"
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_fuseprop_cpu_forces_a_level(level):
+    result = run_python("import fuseprop; print(fuseprop.cpu_level())", FUSEPROP_CPU=level)
+    assert result.stdout.strip() == level
+
+
+def test_fuseprop_cpu_unknown_or_unsupported_falls_back_with_a_warning():
+    best = LEVELS[-1]
+    result = run_python("import fuseprop; print(fuseprop.cpu_level())", FUSEPROP_CPU="fastest")
+    assert result.stdout.strip() == best and "ignoring FUSEPROP_CPU=fastest" in result.stderr
+    if "avx512" not in LEVELS:
+        result = run_python("import fuseprop; print(fuseprop.cpu_level())", FUSEPROP_CPU="avx512")
+        assert result.stdout.strip() == best and "not supported by this CPU" in result.stderr
+
+
+def test_unknown_gemm_path_is_an_error():
+    with pytest.raises(ValueError, match="path must be auto, packed, direct or dot"):
+        _C._set_gemm_path("fast")

@@ -2,13 +2,17 @@
 
 #include <algorithm>
 
+#include "threads.h"
+
 namespace fuseprop {
 
 // x, y (n) elementwise: y = act(x)
 template <typename T>
 void activation_forward(T* y, const T* x, int64_t n, Activation act, T slope) {
   FUSEPROP_DISPATCH_ACTIVATION(act, A, {
-    for (int64_t i = 0; i < n; ++i) y[i] = act_forward<A>(x[i], slope);
+    parallel_for(n, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) y[i] = act_forward<A>(x[i], slope);
+    });
   });
 }
 
@@ -16,7 +20,9 @@ void activation_forward(T* y, const T* x, int64_t n, Activation act, T slope) {
 template <typename T>
 void activation_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, Activation act, T slope) {
   FUSEPROP_DISPATCH_ACTIVATION(act, A, {
-    for (int64_t i = 0; i < n; ++i) dx[i] = dy[i] * act_derivative<A>(x[i], y[i], slope);
+    parallel_for(n, 4, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) dx[i] = dy[i] * act_derivative<A>(x[i], y[i], slope);
+    });
   });
 }
 

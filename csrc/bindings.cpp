@@ -569,7 +569,6 @@ PYBIND11_MODULE(_C, m) {
   m.attr("compiler") = compiler_string();
   m.attr("arch") = arch_string();
   m.attr("cuda_compiled") = bool(FUSEPROP_CUDA_COMPILED);
-  m.attr("openmp") = openmp_enabled();
 
   // ---- kernel selection and threads
   m.def("cpu_level", [] { return std::string(cpu_level_name(cpu_level_active())); },

@@ -2,6 +2,7 @@
 
 #include "activations.h"
 #include "matmul.h"
+#include "threads.h"
 
 namespace fuseprop {
 
@@ -40,20 +41,22 @@ void linear_forward(T* y, T* z, const T* x, const T* w, const T* b, int64_t B, i
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x, const T* w, const T* z,
                      const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope) {
-  // One pass over dy forms dz = dy * act'(z) and sums db, row after row: a fixed summation order,
-  // so the result never depends on blocking or threads.
+  // One pass over dy forms dz = dy * act'(z) and sums db. Threads take column blocks and each sums
+  // its columns row after row: a fixed order, so db never depends on the thread count.
   FUSEPROP_DISPATCH_ACTIVATION(act, A, {
-    for (int64_t r = 0; r < B; ++r) {
-      for (int64_t o = 0; o < OUT; ++o) {
-        const int64_t i = r * OUT + o;
-        T v = dy[i];
-        if constexpr (A != Activation::identity) {
-          v *= act_derivative<A>(z[i], y[i], slope);
-          workspace[i] = v;
+    parallel_for(OUT, B * 4, [&](int64_t o0, int64_t o1) {
+      for (int64_t r = 0; r < B; ++r) {
+        for (int64_t o = o0; o < o1; ++o) {
+          const int64_t i = r * OUT + o;
+          T v = dy[i];
+          if constexpr (A != Activation::identity) {
+            v *= act_derivative<A>(z[i], y[i], slope);
+            workspace[i] = v;
+          }
+          if (db) db[o] += v;
         }
-        if (db) db[o] += v;
       }
-    }
+    });
   });
   const T* dz = act == Activation::identity ? dy : workspace;
   // dw (OUT,IN) += dz^T (OUT,B) . x (B,IN): op(A) = dz^T, so trans_a with lda = OUT.

@@ -133,25 +133,23 @@ void matmul_packed_serial(const GemmKernels<T>& kern, T* C, const T* A, const T*
   }
 }
 
-// The packed GEMM on `threads` threads: each takes a slab of C, whole tiles wide, along its longer
-// side, and packs its own panels. No barrier inside (a descheduled thread holds up no one until the
-// end), and each element is still summed by one thread in the same order as on one thread.
+// The packed GEMM on `threads` threads: C is cut into slabs, whole tiles wide, along its longer side;
+// each slab is one task that packs its own panels. Each element is still summed by one thread in
+// the same order as on one thread.
 template <typename T, typename Epilogue>
 void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K,
                    int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
                    const Epilogue& epilogue, int threads) {
   const bool split_n = N / kern.nr >= M / kern.mr;
   const int64_t units = split_n ? ceil_div(N, kern.nr) : ceil_div(M, kern.mr);
-  if (threads > units) threads = static_cast<int>(units);
-  if (threads <= 1) {
+  // A few slabs per thread, so a thread that starts late (a busy machine) leaves its share to the others.
+  const int64_t slabs = units < 2 * int64_t(threads) ? units : 2 * int64_t(threads);
+  if (threads <= 1 || slabs <= 1) {
     matmul_packed_serial(kern, C, A, B, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta, epilogue);
     return;
   }
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static, 1) num_threads(threads)
-#endif
-  for (int t = 0; t < threads; ++t) {
-    const int64_t u0 = units * t / threads, u1 = units * (t + 1) / threads;
+  parallel_tasks(slabs, threads, [&](int64_t t) {
+    const int64_t u0 = units * t / slabs, u1 = units * (t + 1) / slabs;
     if (split_n) {
       const int64_t j0 = u0 * kern.nr, j1 = u1 * kern.nr < N ? u1 * kern.nr : N;
       const auto shifted = [&](T* c, int64_t ld, int64_t r, int64_t col, int64_t rows, int64_t cols) {
@@ -167,7 +165,7 @@ void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int
       matmul_packed_serial(kern, C + i0 * ldc, trans_a ? A + i0 : A + i0 * lda, B, i1 - i0, N, K, lda, ldb, ldc,
                            trans_a, trans_b, alpha, beta, shifted);
     }
-  }
+  });
 }
 
 // The blocked GEMM with an epilogue(C_tile, ldc, row0, col0, rows, cols) run once per finished tile.
@@ -199,21 +197,27 @@ void matmul_blocked(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t 
   const int tm = path == GemmPath::dot ? kern.dm : kern.mr, tn = path == GemmPath::dot ? kern.dn : kern.nr;
   const int64_t m_tiles = ceil_div(M, tm), n_tiles = ceil_div(N, tn);
   const int64_t rs_a = trans_a ? 1 : lda, cs_a = trans_a ? lda : 1;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) collapse(2) num_threads(threads) if (threads > 1)
-#endif
-  for (int64_t it = 0; it < m_tiles; ++it) {
-    for (int64_t jt = 0; jt < n_tiles; ++jt) {
-      const int64_t i0 = it * tm, j0 = jt * tn;
-      const int64_t rows = M - i0 < tm ? M - i0 : tm, cols = N - j0 < tn ? N - j0 : tn;
-      T* Ct = C + i0 * ldc + j0;
-      if (path == GemmPath::dot)
-        kern.dot_tile(K, A + i0 * lda, lda, B + j0 * ldb, ldb, Ct, ldc, alpha, beta, rows, cols);
-      else
-        kern.direct_tile(K, A + i0 * rs_a, rs_a, cs_a, B + j0, ldb, Ct, ldc, alpha, beta, rows, cols);
-      epilogue(Ct, ldc, i0, j0, rows, cols);
+  // Tasks are rows of tiles (or single tiles when there are few rows): each tile is one task's.
+  const int64_t row_tasks = m_tiles >= 2 * int64_t(threads) ? m_tiles : m_tiles * n_tiles;
+  parallel_tasks(threads > 1 ? row_tasks : 1, threads, [&](int64_t task) {
+    const bool whole = threads <= 1;
+    const int64_t it0 = whole ? 0 : (row_tasks == m_tiles ? task : task / n_tiles);
+    const int64_t it1 = whole ? m_tiles : it0 + 1;
+    const int64_t jt0 = whole || row_tasks == m_tiles ? 0 : task % n_tiles;
+    const int64_t jt1 = whole || row_tasks == m_tiles ? n_tiles : jt0 + 1;
+    for (int64_t it = it0; it < it1; ++it) {
+      for (int64_t jt = jt0; jt < jt1; ++jt) {
+        const int64_t i0 = it * tm, j0 = jt * tn;
+        const int64_t rows = M - i0 < tm ? M - i0 : tm, cols = N - j0 < tn ? N - j0 : tn;
+        T* Ct = C + i0 * ldc + j0;
+        if (path == GemmPath::dot)
+          kern.dot_tile(K, A + i0 * lda, lda, B + j0 * ldb, ldb, Ct, ldc, alpha, beta, rows, cols);
+        else
+          kern.direct_tile(K, A + i0 * rs_a, rs_a, cs_a, B + j0, ldb, Ct, ldc, alpha, beta, rows, cols);
+        epilogue(Ct, ldc, i0, j0, rows, cols);
+      }
     }
-  }
+  });
 }
 
 }  // namespace fuseprop

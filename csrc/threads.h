@@ -1,6 +1,12 @@
-// The thread count every kernel uses. Set from OMP_NUM_THREADS when present, otherwise the CPUs
-// this process may run on; changed with set_num_threads. Kernels split work so that each output
-// element is computed by exactly one thread in a fixed order: results do not depend on the count.
+// Threads: a small task pool shared by every kernel.
+//
+// The thread count comes from OMP_NUM_THREADS when set, otherwise from the CPUs this process may
+// run on, and changes with set_num_threads. Work is split into independent tasks (tiles, slabs,
+// row or column ranges) that threads take from an atomic counter; the caller takes tasks too and
+// returns as soon as every task is done. It never waits for a worker merely to show up, so a
+// worker the OS has not scheduled (a busy, shared machine) costs nothing: the caller does its share.
+// Each task's output is computed by one thread in a fixed order, so results do not depend on the
+// thread count.
 #pragma once
 
 #include <cstdint>
@@ -9,12 +15,38 @@ namespace fuseprop {
 
 int num_threads();
 void set_num_threads(int n);  // n >= 1, checked by the caller
-bool openmp_enabled();
 
-// Work below this many multiply-adds runs on one thread: a team's start-up costs more than it saves.
-constexpr int64_t kParallelMinWork = int64_t(1) << 18;
+// Work below this many multiply-adds (or element updates) runs on the calling thread alone: waking
+// a worker costs more than it saves.
+constexpr int64_t kParallelMinWork = int64_t(1) << 21;
 
-// Threads for a piece of work of `work` multiply-adds (or element updates).
+// Threads worth using for `work` multiply-adds.
 inline int threads_for(int64_t work) { return work >= kParallelMinWork ? num_threads() : 1; }
+
+// Runs fn(ctx, i) for every i in [0, tasks), on up to num_threads() threads; returns when all are done.
+void run_tasks(int64_t tasks, void (*fn)(void* ctx, int64_t task), void* ctx);
+
+// body(task) for task in [0, tasks) with `threads` threads (1: inline, in order).
+template <typename F>
+void parallel_tasks(int64_t tasks, int threads, F&& body) {
+  if (threads <= 1 || tasks <= 1) {
+    for (int64_t t = 0; t < tasks; ++t) body(t);
+    return;
+  }
+  run_tasks(tasks, [](void* ctx, int64_t t) { (*static_cast<F*>(ctx))(t); }, &body);
+}
+
+// body(begin, end) over [0, n) in contiguous chunks, for independent iterations only (elementwise
+// updates, separate rows or columns). `cost` is the work of one iteration in element updates.
+template <typename F>
+void parallel_for(int64_t n, int64_t cost, F&& body) {
+  const int threads = threads_for(n * cost);
+  const int64_t chunks = threads <= 1 ? 1 : (n < 4 * int64_t(threads) ? n : 4 * int64_t(threads));
+  if (chunks <= 1) {
+    if (n > 0) body(int64_t(0), n);
+    return;
+  }
+  parallel_tasks(chunks, threads, [&](int64_t c) { body(n * c / chunks, n * (c + 1) / chunks); });
+}
 
 }  // namespace fuseprop

@@ -51,7 +51,6 @@ def build_info() -> dict:
         "kernel_level": _C.cpu_level(),
         "kernel_levels_available": list(_C.cpu_levels_available()),
         "num_threads": _C.get_num_threads(),
-        "openmp": bool(_C.openmp),
         "cuda_compiled": bool(_C.cuda_compiled),
         "cuda_available": False,
         "cuda_status": "no CUDA device: this build has no CUDA backend" if not _C.cuda_compiled else "no CUDA device",

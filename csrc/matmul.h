@@ -59,38 +59,43 @@ T* gemm_buffer(int64_t n) {
   return buf.data();
 }
 
-// op(A) rows [i0, i0+rows) x cols [p0, p0+kc) -> one strip of MR rows, zero-padded: Ap[p][r]
+// op(A) rows [i0, i0+rows) x cols [p0, p0+kc) -> one strip of MR rows, zero-padded: Ap[p][r].
+// Reads run along A's rows (contiguous); the writes land in the small strip, which stays in L1.
 template <typename T>
 void gemm_pack_a_strip(T* Ap, const T* A, int64_t lda, bool trans_a, int64_t i0, int64_t rows, int mr, int64_t p0,
                        int64_t kc) {
-  for (int64_t p = 0; p < kc; ++p, Ap += mr) {
-    int64_t r = 0;
-    if (trans_a) {  // op(A)(i, k) = A[k][i]: the strip's row is contiguous in A
+  if (trans_a) {  // op(A)(i, k) = A[k][i]: each k gives `rows` contiguous values
+    for (int64_t p = 0; p < kc; ++p) {
       const T* src = A + (p0 + p) * lda + i0;
-      for (; r < rows; ++r) Ap[r] = src[r];
-    } else {
-      const T* src = A + i0 * lda + p0 + p;
-      for (; r < rows; ++r) Ap[r] = src[r * lda];
+      for (int64_t r = 0; r < rows; ++r) Ap[p * mr + r] = src[r];
     }
-    for (; r < mr; ++r) Ap[r] = T(0);
+  } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T* src = A + (i0 + r) * lda + p0;
+      for (int64_t p = 0; p < kc; ++p) Ap[p * mr + r] = src[p];
+    }
   }
+  for (int64_t r = rows; r < mr; ++r)
+    for (int64_t p = 0; p < kc; ++p) Ap[p * mr + r] = T(0);
 }
 
-// op(B) rows [p0, p0+kc) x cols [j0, j0+cols) -> one strip of NR columns, zero-padded: Bp[p][c]
+// op(B) rows [p0, p0+kc) x cols [j0, j0+cols) -> one strip of NR columns, zero-padded: Bp[p][c].
 template <typename T>
 void gemm_pack_b_strip(T* Bp, const T* B, int64_t ldb, bool trans_b, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
                        int nr) {
-  for (int64_t p = 0; p < kc; ++p, Bp += nr) {
-    int64_t c = 0;
-    if (trans_b) {  // op(B)(k, j) = B[j][k]
-      const T* src = B + j0 * ldb + p0 + p;
-      for (; c < cols; ++c) Bp[c] = src[c * ldb];
-    } else {
-      const T* src = B + (p0 + p) * ldb + j0;
-      for (; c < cols; ++c) Bp[c] = src[c];
+  if (trans_b) {  // op(B)(k, j) = B[j][k]: read each row of B along k
+    for (int64_t c = 0; c < cols; ++c) {
+      const T* src = B + (j0 + c) * ldb + p0;
+      for (int64_t p = 0; p < kc; ++p) Bp[p * nr + c] = src[p];
     }
-    for (; c < nr; ++c) Bp[c] = T(0);
+  } else {
+    for (int64_t p = 0; p < kc; ++p) {
+      const T* src = B + (p0 + p) * ldb + j0;
+      for (int64_t c = 0; c < cols; ++c) Bp[p * nr + c] = src[c];
+    }
   }
+  for (int64_t c = cols; c < nr; ++c)
+    for (int64_t p = 0; p < kc; ++p) Bp[p * nr + c] = T(0);
 }
 
 // Problems this small, with operands that fit in L2, skip packing.
@@ -98,74 +103,54 @@ inline bool gemm_is_small(int64_t M, int64_t N, int64_t K, size_t elem) {
   return (M * K + K * N + M * N) * int64_t(elem) <= (int64_t(256) << 10);
 }
 
-// One thread's packed GEMM over all of C (M,N): the BLIS loops, no synchronisation.
-template <typename T, typename Epilogue>
-void matmul_packed_serial(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K,
-                          int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
-                          const Epilogue& epilogue) {
-  const int mr = kern.mr, nr = kern.nr;
-  const int64_t nc_max = N < kern.nc ? N : kern.nc, mc_max = M < kern.mc ? M : kern.mc;
-  T* Bp = gemm_buffer<T, 0>(kern.kc * ceil_div(nc_max, nr) * nr);
-  T* Ap = gemm_buffer<T, 1>(kern.kc * ceil_div(mc_max, mr) * mr);
-  for (int64_t j0 = 0; j0 < N; j0 += kern.nc) {
-    const int64_t nc = N - j0 < kern.nc ? N - j0 : kern.nc;
-    for (int64_t p0 = 0; p0 < K; p0 += kern.kc) {
-      const int64_t kc = K - p0 < kern.kc ? K - p0 : kern.kc;
-      const T beta_here = p0 == 0 ? beta : T(1);  // later k slices add to what the first wrote
-      const bool last_slice = p0 + kc == K;
-      for (int64_t jr = 0; jr < nc; jr += nr)
-        gemm_pack_b_strip(Bp + jr * kc, B, ldb, trans_b, p0, kc, j0 + jr, nc - jr < nr ? nc - jr : nr, nr);
-      for (int64_t i0 = 0; i0 < M; i0 += kern.mc) {
-        const int64_t mc = M - i0 < kern.mc ? M - i0 : kern.mc;
-        for (int64_t ir = 0; ir < mc; ir += mr)
-          gemm_pack_a_strip(Ap + ir * kc, A, lda, trans_a, i0 + ir, mc - ir < mr ? mc - ir : mr, mr, p0, kc);
-        for (int64_t jr = 0; jr < nc; jr += nr) {
-          const int64_t cols = nc - jr < nr ? nc - jr : nr;
-          for (int64_t ir = 0; ir < mc; ir += mr) {
-            const int64_t rows = mc - ir < mr ? mc - ir : mr;
-            T* Ct = C + (i0 + ir) * ldc + j0 + jr;
-            kern.packed_tile(kc, Ap + ir * kc, 0, 0, Bp + jr * kc, 0, Ct, ldc, alpha, beta_here, rows, cols);
-            if (last_slice) epilogue(Ct, ldc, i0 + ir, j0 + jr, rows, cols);
-          }
-        }
-      }
-    }
-  }
-}
-
-// The packed GEMM on `threads` threads: C is cut into slabs, whole tiles wide, along its longer side;
-// each slab is one task that packs its own panels. Each element is still summed by one thread in
-// the same order as on one thread.
+// The packed GEMM. For each kc x nc panel of op(B): the panel is packed once, its strips shared out
+// as tasks; then each task takes one mc-row block of op(A) (packed into its own buffer) and a range
+// of the panel's column strips, and computes those tiles. A phase waits only for tasks already
+// claimed, never for a thread to show up. Each element is summed by one task in a fixed k order.
 template <typename T, typename Epilogue>
 void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K,
                    int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
                    const Epilogue& epilogue, int threads) {
-  const bool split_n = N / kern.nr >= M / kern.mr;
-  const int64_t units = split_n ? ceil_div(N, kern.nr) : ceil_div(M, kern.mr);
-  // A few slabs per thread, so a thread that starts late (a busy machine) leaves its share to the others.
-  const int64_t slabs = units < 2 * int64_t(threads) ? units : 2 * int64_t(threads);
-  if (threads <= 1 || slabs <= 1) {
-    matmul_packed_serial(kern, C, A, B, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta, epilogue);
-    return;
-  }
-  parallel_tasks(slabs, threads, [&](int64_t t) {
-    const int64_t u0 = units * t / slabs, u1 = units * (t + 1) / slabs;
-    if (split_n) {
-      const int64_t j0 = u0 * kern.nr, j1 = u1 * kern.nr < N ? u1 * kern.nr : N;
-      const auto shifted = [&](T* c, int64_t ld, int64_t r, int64_t col, int64_t rows, int64_t cols) {
-        epilogue(c, ld, r, col + j0, rows, cols);
-      };
-      matmul_packed_serial(kern, C + j0, A, trans_b ? B + j0 * ldb : B + j0, M, j1 - j0, K, lda, ldb, ldc, trans_a,
-                           trans_b, alpha, beta, shifted);
-    } else {
-      const int64_t i0 = u0 * kern.mr, i1 = u1 * kern.mr < M ? u1 * kern.mr : M;
-      const auto shifted = [&](T* c, int64_t ld, int64_t r, int64_t col, int64_t rows, int64_t cols) {
-        epilogue(c, ld, r + i0, col, rows, cols);
-      };
-      matmul_packed_serial(kern, C + i0 * ldc, trans_a ? A + i0 : A + i0 * lda, B, i1 - i0, N, K, lda, ldb, ldc,
-                           trans_a, trans_b, alpha, beta, shifted);
+  const int mr = kern.mr, nr = kern.nr;
+  const int64_t nc_max = N < kern.nc ? N : kern.nc;
+  T* Bp = gemm_buffer<T, 0>(kern.kc * ceil_div(nc_max, nr) * nr);  // the caller's, shared with the tasks
+  // Row blocks of at most kern.mc rows, and at least one per thread when M allows, so that threads
+  // need not pack the same block of A twice.
+  int64_t mc_block = ceil_div(ceil_div(M, threads), mr) * mr;
+  if (mc_block > kern.mc) mc_block = kern.mc;
+  const int64_t m_blocks = ceil_div(M, mc_block);
+  for (int64_t j0 = 0; j0 < N; j0 += kern.nc) {
+    const int64_t nc = N - j0 < kern.nc ? N - j0 : kern.nc, n_strips = ceil_div(nc, nr);
+    // Fewer row blocks than threads (small M): split the columns too.
+    int64_t col_chunks = ceil_div(int64_t(threads), m_blocks);
+    if (col_chunks > n_strips) col_chunks = n_strips;
+    for (int64_t p0 = 0; p0 < K; p0 += kern.kc) {
+      const int64_t kc = K - p0 < kern.kc ? K - p0 : kern.kc;
+      const T beta_here = p0 == 0 ? beta : T(1);  // later k slices add to what the first wrote
+      const bool last_slice = p0 + kc == K;
+      const int64_t pack_tasks = threads > 1 ? (n_strips < 4 * int64_t(threads) ? n_strips : 4 * int64_t(threads)) : 1;
+      parallel_tasks(pack_tasks, threads, [&](int64_t t) {
+        for (int64_t s = n_strips * t / pack_tasks; s < n_strips * (t + 1) / pack_tasks; ++s)
+          gemm_pack_b_strip(Bp + s * nr * kc, B, ldb, trans_b, p0, kc, j0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, nr);
+      });
+      parallel_tasks(m_blocks * col_chunks, threads, [&](int64_t task) {
+        const int64_t i0 = (task / col_chunks) * mc_block, chunk = task % col_chunks;
+        const int64_t mc = M - i0 < mc_block ? M - i0 : mc_block;
+        T* Ap = gemm_buffer<T, 1>(kern.kc * ceil_div(kern.mc, mr) * mr);  // this thread's own
+        for (int64_t ir = 0; ir < mc; ir += mr)
+          gemm_pack_a_strip(Ap + ir * kc, A, lda, trans_a, i0 + ir, mc - ir < mr ? mc - ir : mr, mr, p0, kc);
+        for (int64_t s = n_strips * chunk / col_chunks; s < n_strips * (chunk + 1) / col_chunks; ++s) {
+          const int64_t cols = nc - s * nr < nr ? nc - s * nr : nr;
+          for (int64_t ir = 0; ir < mc; ir += mr) {
+            const int64_t rows = mc - ir < mr ? mc - ir : mr;
+            T* Ct = C + (i0 + ir) * ldc + j0 + s * nr;
+            kern.packed_tile(kc, Ap + ir * kc, 0, 0, Bp + s * nr * kc, 0, Ct, ldc, alpha, beta_here, rows, cols);
+            if (last_slice) epilogue(Ct, ldc, i0 + ir, j0 + s * nr, rows, cols);
+          }
+        }
+      });
     }
-  });
+  }
 }
 
 // The blocked GEMM with an epilogue(C_tile, ldc, row0, col0, rows, cols) run once per finished tile.

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -22,6 +23,7 @@
 #include "linear.h"
 #include "losses.h"
 #include "matmul.h"
+#include "network.h"
 #include "optim.h"
 #include "threads.h"
 
@@ -504,6 +506,285 @@ void adam_step_entry(const py::handle& param_obj, const py::handle& grad_obj, co
   });
 }
 
+// ---------------------------------------------------------------- the whole training step
+// A TrainPlan over a model's own arrays. The constructor checks every array once (dtype, layout,
+// writeability, shapes chaining layer to layer, no two sharing memory) and keeps a reference to each,
+// so the pointers the plan holds stay valid as long as it lives. step() checks the batch, the
+// targets, the hyper-parameters and the step counts before anything is written, then runs forward,
+// loss, backward and update in one native call without the GIL.
+class TrainPlanEntry {
+ public:
+  // layers [(activation, negative_slope, has_bias)], one per Linear layer, in order.
+  // params [(name, data, grad, state_a, state_b, group)] in the model's order: each layer's weight
+  //   (OUT,IN), then its bias (OUT,) when it has one. state_a: SGD's momentum_buffer (None without
+  //   momentum) or Adam's exp_avg; state_b: Adam's exp_avg_sq (None for SGD); group in [0, groups).
+  TrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
+                 const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups)
+      : groups_(groups), group_hyper_(size_t(std::max<int64_t>(groups, 0))) {
+    static const std::pair<const char*, LossKind> loss_kinds[] = {
+        {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
+    static const std::pair<const char*, OptimizerKind> optimizer_kinds[] = {
+        {"sgd", OptimizerKind::sgd}, {"adam", OptimizerKind::adam}, {"adamw", OptimizerKind::adamw}};
+    loss_ = lookup(loss_kinds, loss, "loss");
+    optimizer_ = lookup(optimizer_kinds, optimizer, "optimizer");
+    check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
+    const bool mean = parse_reduction(reduction);
+    if (groups < 1) throw py::value_error(cat("groups must be >= 1, got ", groups));
+    if (py::len(layers) == 0) throw py::value_error("a TrainPlan needs at least one layer");
+
+    // Each parameter: data, grad and state of one float dtype and data's shape, writeable, C-contiguous.
+    const bool adam = optimizer_ != OptimizerKind::sgd;
+    std::vector<py::array> data, grad;
+    std::vector<std::optional<py::array>> state_a, state_b;
+    std::vector<std::pair<py::array, std::string>> written;  // for the overlap check
+    for (const py::handle item : params) {
+      const py::tuple entry = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+      if (entry.size() != 6) throw py::value_error("each params entry must be (name, data, grad, state_a, state_b, group)");
+      const std::string name = entry[0].cast<std::string>(), grad_name = name + ".grad";
+      if (data.empty()) dtype_ = float_dtype(as_array(entry[1], name.c_str()), name.c_str());
+      data.push_back(float_inout_like(entry[1], name.c_str(), dtype_, "the first parameter"));
+      grad.push_back(float_inout_like(entry[2], grad_name.c_str(), dtype_, "the first parameter"));
+      check_same_shape(grad.back(), grad_name.c_str(), data.back(), name.c_str());
+      written.emplace_back(data.back(), name);
+      written.emplace_back(grad.back(), grad_name);
+      auto state = [&](const py::handle obj, const char* key, bool required) -> std::optional<py::array> {
+        const std::string state_name = cat("state '", key, "' of ", name);
+        if (obj.is_none()) {
+          if (required) throw py::value_error(cat(state_name, " is required"));
+          return std::nullopt;
+        }
+        py::array a = float_inout_like(obj, state_name.c_str(), dtype_, "the parameters");
+        check_same_shape(a, state_name.c_str(), data.back(), name.c_str());
+        written.emplace_back(a, state_name);
+        return a;
+      };
+      state_a.push_back(state(entry[3], adam ? "exp_avg" : "momentum_buffer", adam));
+      if (!adam && !entry[4].is_none()) throw py::value_error(cat("SGD keeps one state array per parameter: state_b of ", name, " must be None"));
+      state_b.push_back(state(entry[4], "exp_avg_sq", adam));
+      const int64_t group = entry[5].cast<int64_t>();
+      if (group < 0 || group >= groups) throw py::value_error(cat("the group of ", name, " must be in [0, ", groups, "), got ", group));
+      names_.push_back(name);
+      slot_group_.push_back(group);
+      for (int k = 1; k <= 4; ++k) keep_alive_.push_back(entry[k]);
+    }
+    for (size_t i = 0; i < written.size(); ++i)
+      for (size_t j = i + 1; j < written.size(); ++j)
+        check_no_overlap(written[i].first, written[i].second.c_str(), written[j].first, written[j].second.c_str());
+
+    // Each layer takes the next weight (OUT,IN) whose IN is the OUT before, then its bias (OUT,).
+    struct LayerSpec { Activation act; double slope; size_t weight; std::optional<size_t> bias; };
+    std::vector<LayerSpec> specs;
+    size_t next = 0;
+    for (const py::handle item : layers) {
+      const py::tuple layer = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+      if (layer.size() != 3) throw py::value_error("each layers entry must be (activation, negative_slope, has_bias)");
+      LayerSpec spec{parse_activation(layer[0].cast<std::string>()), layer[1].cast<double>(), next, std::nullopt};
+      check_finite_scalar(spec.slope, "negative_slope");
+      const bool has_bias = layer[2].cast<bool>();
+      if (next + (has_bias ? 2 : 1) > data.size())
+        throw py::value_error(cat("params has ", data.size(), " entries, fewer than the layers' weights and biases"));
+      const py::array& w = data[next++];
+      check_ndim(w, names_[spec.weight].c_str(), 2);
+      if (w.shape(0) < 1 || w.shape(1) < 1)
+        throw py::value_error(cat(names_[spec.weight], " must have at least one row and one column, got shape ", shape_str(w)));
+      if (!specs.empty() && w.shape(1) != out_features_)
+        throw py::value_error(cat(names_[spec.weight], " has shape ", shape_str(w), ": its in_features must be ",
+                                  out_features_, ", the out_features of the layer before"));
+      if (specs.empty()) in_features_ = w.shape(1);
+      out_features_ = w.shape(0);
+      if (has_bias) {
+        spec.bias = next++;
+        check_shape(data[*spec.bias], names_[*spec.bias].c_str(), {out_features_});
+      }
+      specs.push_back(spec);
+    }
+    if (next != data.size()) throw py::value_error(cat("params has ", data.size(), " entries; the layers take ", next));
+
+    dispatch(dtype_, [&](auto tag) {
+      using T = decltype(tag);
+      std::vector<ParamSlot<T>> slots;
+      for (size_t s = 0; s < data.size(); ++s)
+        slots.push_back({ptr<T>(data[s]), ptr<T>(grad[s]), ptr_or_null<T>(state_a[s]), ptr_or_null<T>(state_b[s]),
+                         int64_t(data[s].size()), OptimizerHyper{}, 1});
+      std::vector<DenseLayer<T>> dense;
+      for (const LayerSpec& l : specs) {
+        const ParamSlot<T>& w = slots[l.weight];
+        dense.push_back({w.param, l.bias ? slots[*l.bias].param : nullptr, w.grad, l.bias ? slots[*l.bias].grad : nullptr,
+                         data[l.weight].shape(1), data[l.weight].shape(0), l.act, T(l.slope)});
+      }
+      plan<T>() = std::make_unique<TrainPlan<T>>(std::move(dense), std::move(slots),
+                                                 LossSpec{loss_, label_smoothing, mean}, optimizer_);
+    });
+  }
+
+  // x (B,IN); target: labels (B,) int64 in [0, OUT) for cross-entropy, else (B,OUT) of x's dtype.
+  // hyper: one tuple per param group, (lr, momentum, dampening, nesterov, weight_decay) for SGD,
+  // (lr, beta1, beta2, eps, weight_decay) for Adam / AdamW. steps: one count per parameter (SGD: 1 on
+  // the momentum buffer's first update, else 2; Adam: this update's number, from 1).
+  // Returns the loss; raises FloatingPointError as Sequential.train_step does.
+  double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps) {
+    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    py::array x = as_array(x_obj, "x");
+    check_dtype(x, "x", dtype_, "the parameters");
+    check_layout(x, "x");
+    check_ndim(x, "x", 2);
+    const int64_t B = x.shape(0);
+    if (B == 0) throw py::value_error(cat("train_step needs a non-empty batch, got x of shape ", shape_str(x)));
+    if (x.shape(1) != in_features_)
+      throw py::value_error(cat("x must have ", in_features_, " features in its last dimension, got shape ", shape_str(x)));
+    py::array target;
+    if (loss_ == LossKind::cross_entropy) {
+      target = checked_labels(target_obj, B, out_features_);
+    } else {
+      target = float_input_like(target_obj, "target", dtype_, "x");
+      if (target.ndim() != 2 || target.shape(0) != B || target.shape(1) != out_features_)
+        throw py::value_error(cat("target must have the same shape as ", loss_ == LossKind::mse ? "pred" : "logits",
+                                  " (", B, ", ", out_features_, "), got ", shape_str(target)));
+    }
+    set_hyper(hyper, steps);
+    return dispatch(dtype_, [&](auto tag) -> double {
+      using T = decltype(tag);
+      TrainPlan<T>& p = *plan<T>();
+      if (B > std::numeric_limits<int64_t>::max() / int64_t(sizeof(T)) / p.row_elements())
+        throw py::value_error(cat("a batch of ", B, " rows needs a workspace too large to allocate"));
+      const bool labels = loss_ == LossKind::cross_entropy;
+      StepResult result;
+      busy_ = true;
+      updated_ = false;
+      try {
+        py::gil_scoped_release nogil;
+        result = p.step(ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target), B);
+      } catch (...) {
+        busy_ = false;
+        throw;
+      }
+      busy_ = false;
+      updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
+      switch (result.status) {
+        case StepStatus::ok:
+          return result.loss;
+        case StepStatus::loss_not_finite:
+          throw_floating_point(cat("the loss is ", py::repr(py::float_(result.loss)).cast<std::string>(),
+                                   "; the weights were not updated"));
+        case StepStatus::grad_not_finite:
+          throw_floating_point(cat("the gradient of ", names_[result.slot], " is not finite; the weights were not updated"));
+        case StepStatus::param_not_finite:
+          throw_floating_point(cat("the optimizer update made ", names_[result.slot], " non-finite (is the learning rate too "
+                                   "large?); the weights were overwritten: reload them from a checkpoint"));
+      }
+      return result.loss;
+    });
+  }
+
+  // A new (B,OUT) array: the gradient of the last step's loss with respect to the model's output.
+  py::array loss_grad() const {
+    if (busy_) throw std::runtime_error("TrainPlan.step is running in another thread");
+    return dispatch(dtype_, [&](auto tag) -> py::array {
+      using T = decltype(tag);
+      const TrainPlan<T>& p = *plan<T>();
+      if (p.steps() == 0) throw std::runtime_error("TrainPlan.loss_grad: no step has run yet");
+      py::array out = empty<T>({p.last_batch(), out_features_});
+      std::copy_n(p.loss_grad(), p.last_batch() * out_features_, ptr<T>(out));
+      return out;
+    });
+  }
+
+  int64_t allocations() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->allocations(); }); }
+  int64_t capacity() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->capacity(); }); }
+  int64_t steps() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->steps(); }); }
+  bool updated() const { return updated_; }
+
+ private:
+  template <typename Kind, size_t N>
+  static Kind lookup(const std::pair<const char*, Kind> (&table)[N], const std::string& name, const char* what) {
+    std::string names;
+    for (const auto& [n, k] : table) {
+      if (name == n) return k;
+      names += cat(names.empty() ? "" : ", ", "'", n, "'");
+    }
+    throw py::value_error(cat(what, " must be one of ", names, "; got '", name, "'"));
+  }
+
+  [[noreturn]] static void throw_floating_point(const std::string& message) {
+    PyErr_SetString(PyExc_FloatingPointError, message.c_str());
+    throw py::error_already_set();
+  }
+
+  static double number(const py::handle& h, const char* name, int64_t group) {
+    const double v = PyFloat_AsDouble(h.ptr());
+    if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+    if (!std::isfinite(v)) throw py::value_error(cat("param group ", group, ": ", name, " must be finite, got ", v));
+    return v;
+  }
+
+  // Checks every group's hyper-parameters and every step count, then hands them to the plan's slots.
+  void set_hyper(const py::sequence& hyper, const py::sequence& steps) {
+    if (int64_t(py::len(hyper)) != groups_) throw py::value_error(cat("hyper must have one tuple per param group (", groups_, "), got ", py::len(hyper)));
+    if (py::len(steps) != names_.size()) throw py::value_error(cat("steps must have one count per parameter (", names_.size(), "), got ", py::len(steps)));
+    const bool sgd = optimizer_ == OptimizerKind::sgd;
+    for (int64_t g = 0; g < groups_; ++g) {
+      const py::sequence t = hyper[size_t(g)].cast<py::sequence>();
+      if (py::len(t) != 5) throw py::value_error(cat("hyper[", g, "] must have 5 entries, got ", py::len(t)));
+      OptimizerHyper& h = group_hyper_[size_t(g)];
+      auto at_least_zero = [&](size_t i, const char* name, double hi = INFINITY) {
+        const double v = number(t[i], name, g);
+        if (v < 0 || v >= hi) throw py::value_error(cat("param group ", g, ": ", name, " must be in [0, ", hi, "), got ", v));
+        return v;
+      };
+      h.lr = at_least_zero(0, "lr");
+      h.weight_decay = at_least_zero(4, "weight_decay");
+      if (sgd) {
+        h.momentum = at_least_zero(1, "momentum");
+        h.dampening = at_least_zero(2, "dampening");
+        const int nesterov = PyObject_IsTrue(t[3].ptr());
+        if (nesterov < 0) throw py::error_already_set();
+        h.nesterov = nesterov == 1;
+        if (h.nesterov && (h.momentum <= 0 || h.dampening != 0))
+          throw py::value_error(cat("param group ", g, ": nesterov momentum requires momentum > 0 and dampening == 0"));
+      } else {
+        h.beta1 = at_least_zero(1, "beta1", 1.0);
+        h.beta2 = at_least_zero(2, "beta2", 1.0);
+        h.eps = at_least_zero(3, "eps");
+      }
+    }
+    // Written straight into the slots: step() reads them only after this has checked them all.
+    dispatch(dtype_, [&](auto tag) {
+      auto& slots = plan<decltype(tag)>()->params();
+      for (size_t s = 0; s < slots.size(); ++s) {
+        const int64_t step = steps[s].cast<int64_t>();
+        if (step < 1) throw py::value_error(cat("steps[", s, "] (", names_[s], ") must be >= 1, got ", step));
+        const OptimizerHyper& h = group_hyper_[size_t(slot_group_[s])];
+        if (sgd && h.momentum != 0 && !slots[s].state_a)
+          throw py::value_error(cat(names_[s], " has no momentum_buffer, but its group's momentum is ", h.momentum));
+        slots[s].hyper = h;
+        slots[s].step = step;
+      }
+    });
+  }
+
+  template <typename T>
+  std::unique_ptr<TrainPlan<T>>& plan() {
+    if constexpr (std::is_same_v<T, float>) return f32_; else return f64_;
+  }
+  template <typename T>
+  const std::unique_ptr<TrainPlan<T>>& plan() const {
+    if constexpr (std::is_same_v<T, float>) return f32_; else return f64_;
+  }
+
+  std::unique_ptr<TrainPlan<float>> f32_;
+  std::unique_ptr<TrainPlan<double>> f64_;
+  DType dtype_ = DType::f32;
+  LossKind loss_ = LossKind::cross_entropy;
+  OptimizerKind optimizer_ = OptimizerKind::sgd;
+  int64_t groups_ = 1, in_features_ = 0, out_features_ = 0;
+  std::vector<std::string> names_;        // per parameter, for messages
+  std::vector<int64_t> slot_group_;       // per parameter, its param group
+  std::vector<OptimizerHyper> group_hyper_;
+  std::vector<py::object> keep_alive_;    // every array the plan points into
+  bool busy_ = false;                     // a step() runs (without the GIL): a second one must not start
+  bool updated_ = false;                  // the last step() wrote the update (it may have raised after it)
+};
+
 std::string compiler_string() {
 #if defined(__clang__)
   return cat("clang ", __clang_major__, ".", __clang_minor__, ".", __clang_patchlevel__);
@@ -564,6 +845,20 @@ PYBIND11_MODULE(_C, m) {
   m.def("adam_step", &adam_step_entry, "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a, py::kw_only(), "step"_a,
         "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0,
         "decoupled_weight_decay"_a = false);
+
+  py::class_<TrainPlanEntry>(m, "TrainPlan",
+                             "The whole training step of a chain of Linear(+activation) layers in one native call, "
+                             "on the model's own arrays; the workspace grows with the batch and is reused.")
+      .def(py::init<const py::sequence&, const py::sequence&, const std::string&, const std::string&, double,
+                    const std::string&, int64_t>(),
+           "layers"_a, "params"_a, py::kw_only(), "loss"_a, "optimizer"_a, "label_smoothing"_a = 0.0,
+           "reduction"_a = "mean", "groups"_a = 1)
+      .def("step", &TrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a)
+      .def("loss_grad", &TrainPlanEntry::loss_grad)
+      .def_property_readonly("allocations", &TrainPlanEntry::allocations)
+      .def_property_readonly("capacity", &TrainPlanEntry::capacity)
+      .def_property_readonly("steps", &TrainPlanEntry::steps)
+      .def_property_readonly("updated", &TrainPlanEntry::updated);
 
   m.attr("__version__") = FUSEPROP_VERSION;
   m.attr("compiler") = compiler_string();

@@ -3,7 +3,7 @@
 Arrays: numpy.ndarray of float32 or float64 (one dtype per call), C-contiguous, aligned; arrays
 updated in place must be writeable and must not overlap the inputs. Labels: int64.
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,3 +49,26 @@ def sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional[np.n
 def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
               lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
               decoupled_weight_decay: bool = False) -> None: ...
+
+# The whole training step of a chain of Linear(+activation) layers, on the model's own arrays (kept alive).
+# layers: [(activation, negative_slope, has_bias)] per Linear; params: [(name, data, grad, state_a, state_b,
+# group)] per parameter, each layer's weight (OUT,IN) then its bias (OUT,); state_a: SGD momentum_buffer or
+# None, Adam exp_avg; state_b: Adam exp_avg_sq or None. loss: "cross_entropy" | "mse" | "bce_with_logits";
+# optimizer: "sgd" | "adam" | "adamw".
+class TrainPlan:
+    def __init__(self, layers: Sequence[tuple], params: Sequence[tuple], *, loss: str, optimizer: str,
+                 label_smoothing: float = 0.0, reduction: str = "mean", groups: int = 1) -> None: ...
+    # x (B,IN); target: labels (B,) int64, or (B,OUT) floats; hyper: per group (lr, momentum, dampening,
+    # nesterov, weight_decay) for SGD, (lr, beta1, beta2, eps, weight_decay) for Adam; steps: per parameter.
+    # Returns the loss; FloatingPointError as Sequential.train_step.
+    def step(self, x: np.ndarray, target: np.ndarray, hyper: Sequence[tuple], steps: Sequence[int]) -> float: ...
+    # (B,OUT): the gradient of the last step's loss with respect to the model's output (a new array)
+    def loss_grad(self) -> np.ndarray: ...
+    @property
+    def allocations(self) -> int: ...  # workspace allocations so far
+    @property
+    def capacity(self) -> int: ...  # batch rows the workspace holds
+    @property
+    def steps(self) -> int: ...
+    @property
+    def updated(self) -> bool: ...  # the last step wrote the update

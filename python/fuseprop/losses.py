@@ -20,6 +20,7 @@ class _Loss:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
         self._grad = None
+        self._grad_from = None  # after a fused Sequential.train_step: its plan, which holds the gradient
 
     @staticmethod
     def _pred(pred, name) -> np.ndarray:
@@ -32,15 +33,25 @@ class _Loss:
         raise NotImplementedError
 
     def __call__(self, pred, target) -> float:
-        self._grad = None
+        self._grad = self._grad_from = None
         loss, self._grad = self._compute(pred, target)
         return float(loss)
 
     def backward(self) -> np.ndarray:
-        """The gradient of the last computed loss with respect to pred."""
+        """The gradient of the last computed loss with respect to pred (also after a fused train_step,
+        which computes it in its workspace: it is copied out on the first request)."""
+        if self._grad is None and self._grad_from is not None:
+            self._grad = self._grad_from.loss_grad()
         if self._grad is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before the loss was computed")
         return self._grad
+
+    def __getstate__(self):  # copies and pickles take the gradient as an array, not the plan that holds it
+        state = self.__dict__.copy()
+        if state["_grad"] is None and state["_grad_from"] is not None:
+            state["_grad"] = self._grad_from.loss_grad()
+        state["_grad_from"] = None
+        return state
 
     def __repr__(self):
         return f"{type(self).__name__}(reduction={self.reduction!r})"

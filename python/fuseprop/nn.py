@@ -25,6 +25,11 @@ __all__ = ["Parameter", "Module", "Linear", "Identity", "ReLU", "LeakyReLU", "Si
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# Counts assignments that can change what a model computes with: public module attributes (layers,
+# parameters, activation settings) and Parameter arrays. A native training plan (Sequential.train_step)
+# records it when built and looks at the model again only when it has moved.
+_generation = 0
+
 
 def _float_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
@@ -87,7 +92,9 @@ class Parameter:
 
     @data.setter
     def data(self, value):
+        global _generation
         self._data = self._check(value, "data")
+        _generation += 1
 
     @property
     def grad(self) -> np.ndarray:
@@ -95,7 +102,9 @@ class Parameter:
 
     @grad.setter
     def grad(self, value):
+        global _generation
         self._grad = self._check(value, "grad")
+        _generation += 1
 
     @property
     def shape(self):
@@ -122,8 +131,13 @@ class Module:
         object.__setattr__(self, "training", True)
 
     def __setattr__(self, name, value):
+        global _generation
         if "_parameters" not in self.__dict__:
             raise AttributeError("call Module.__init__() before assigning attributes")
+        # Private plain attributes are bookkeeping (_saved, _tape), not structure.
+        if (not name.startswith("_") or isinstance(value, (Parameter, Module)) or name in self._parameters
+                or name in self._modules):
+            _generation += 1
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -400,7 +414,16 @@ class Sequential(Module):
     A Linear followed by an elementwise activation runs as ONE fused native call (bias and
     activation applied while the GEMM's output tiles are in cache), and its backward as one fused
     call too. The result is the same as running the two modules one after the other.
+
+    ``train_step`` runs the whole step (forward, loss, backward, update) as ONE native call when the
+    model is a chain of Linear layers, each optionally followed by one elementwise activation, and
+    the loss and optimizer are fuseprop's own (see ``fuseprop._train_plan``); otherwise, or with
+    ``fused_train_step = False``, it runs layer by layer. Both compute the same step with the same
+    kernels.
     """
+
+    fused_train_step = True  # False: always take the per-layer path (to compare, or to debug)
+    _fused = None  # the FusedStep of the last train_step's (loss_fn, optimizer)
 
     def __init__(self, *modules):
         super().__init__()
@@ -476,12 +499,31 @@ class Sequential(Module):
                                         grad_bias=m.bias.grad if m.bias is not None else None)
         return g
 
+    @property
+    def train_plan(self):
+        """The native plan (``fuseprop._C.TrainPlan``: ``steps``, ``allocations``, ``capacity``) that
+        ``train_step`` runs for the last loss and optimizer it was given, or None when it runs layer by layer."""
+        return self._fused.plan if self.fused_train_step and self._fused is not None else None
+
+    def __getstate__(self):  # copies and pickles leave the native plan behind; the next train_step rebuilds it
+        state = self.__dict__.copy()
+        state.pop("_fused", None)
+        return state
+
     def train_step(self, x, y, loss_fn, optimizer) -> float:
         """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the loss.
 
         Raises FloatingPointError, without touching the weights, when the loss or a gradient is not finite;
         and, after the fact, when the update itself overflowed (weights overwritten).
         """
+        if self.fused_train_step:
+            fused = self._fused
+            if fused is None or fused.loss_fn is not loss_fn or fused.optimizer is not optimizer:
+                from ._train_plan import FusedStep  # here: it imports losses and optim, which import nn
+                fused = self._fused = FusedStep(loss_fn, optimizer)
+            loss = fused.step(self, x, y)
+            if loss is not None:
+                return loss
         x = np.asarray(x)
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"train_step needs a non-empty batch, got x of shape {x.shape}")

@@ -23,8 +23,9 @@ namespace FUSEPROP_SIMD_NS {
 // c (m,n) = alpha * sum_{p<k} a(i,p) b(p,j) + beta * c, row-major, for m <= MR, n <= NR = NV * width.
 // Packed: a(i,p) = a[p*MR + i], b(p,j) = b[p*NR + j] (zero-padded strips from the packing routines).
 // Direct: a(i,p) = a[i*rs_a + p*cs_a], b(p,j) = b[p*rs_b + j] (the caller's arrays, rows of B contiguous).
-// beta == 0 never reads c. Full (m == MR, n == NR) takes the path without masks.
-template <class V, int MR, int NV, bool Packed, bool Full>
+// beta == 0 never reads c. FullN (n == NR) takes the path without masks; fewer rows (m < MR) only
+// skip their writes (their loads repeat row 0), since masked loads are slow on some CPUs.
+template <class V, int MR, int NV, bool Packed, bool FullN>
 inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, const float* b, int64_t rs_b, float* c,
                       int64_t ldc, float alpha, float beta, int64_t m, int64_t n) {
   constexpr int W = V::width;
@@ -38,12 +39,12 @@ inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, con
   for (int v = 0; v < NV; ++v) bmask[v] = V::tail_mask(n - v * W);
   int64_t row[MR];  // offset of row i of A; rows past m repeat row 0 (valid memory, results discarded)
   FUSEPROP_UNROLL
-  for (int i = 0; i < MR; ++i) row[i] = (Full || i < m ? i : 0) * (Packed ? 1 : rs_a);
+  for (int i = 0; i < MR; ++i) row[i] = (i < m ? i : 0) * (Packed ? 1 : rs_a);
   const int64_t a_step = Packed ? MR : cs_a, b_step = Packed ? NV * W : rs_b;
   for (int64_t p = 0; p < k; ++p) {
     typename V::reg bv[NV];
     FUSEPROP_UNROLL
-    for (int v = 0; v < NV; ++v) bv[v] = (Packed || Full) ? V::load(b + v * W) : V::maskload(b + v * W, bmask[v]);
+    for (int v = 0; v < NV; ++v) bv[v] = (Packed || FullN) ? V::load(b + v * W) : V::maskload(b + v * W, bmask[v]);
     FUSEPROP_UNROLL
     for (int i = 0; i < MR; ++i) {
       const typename V::reg ai = V::broadcast(a + row[i]);
@@ -56,12 +57,12 @@ inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, con
   const typename V::reg va = V::set1(alpha), vb = V::set1(beta);
   FUSEPROP_UNROLL
   for (int i = 0; i < MR; ++i) {
-    if (!Full && i >= m) break;
+    if (i >= m) break;
     FUSEPROP_UNROLL
     for (int v = 0; v < NV; ++v) {
       float* cp = c + i * ldc + v * W;
       typename V::reg r = V::mul(va, acc[i][v]);
-      if (Full) {
+      if (FullN) {
         if (beta != 0.0f) r = V::fma(vb, V::load(cp), r);
         V::store(cp, r);
       } else {
@@ -75,7 +76,7 @@ inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, con
 template <class V, int MR, int NV, bool Packed>
 void tile(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, const float* b, int64_t rs_b, float* c, int64_t ldc,
           float alpha, float beta, int64_t m, int64_t n) {
-  if (m == MR && n == NV * V::width)
+  if (n == NV * V::width)
     tile_body<V, MR, NV, Packed, true>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
   else
     tile_body<V, MR, NV, Packed, false>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);

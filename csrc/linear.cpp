@@ -1,5 +1,7 @@
 #include "linear.h"
 
+#include <algorithm>
+
 #include "activations.h"
 #include "matmul.h"
 #include "threads.h"
@@ -40,7 +42,8 @@ void linear_forward(T* y, T* z, const T* x, const T* w, const T* b, int64_t B, i
 // dy, z, y (B,OUT); x (B,IN); w (OUT,IN): dw += dz^T x, db += sum_rows dz, dx = dz w
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x, const T* w, const T* z,
-                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope) {
+                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope, bool accumulate) {
+  if (db && !accumulate) std::fill_n(db, OUT, T(0));
   // One pass over dy forms dz = dy * act'(z) and sums db. Threads take column blocks and each sums
   // its columns row after row: a fixed order, so db never depends on the thread count.
   FUSEPROP_DISPATCH_ACTIVATION(act, A, {
@@ -60,7 +63,7 @@ void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x,
   });
   const T* dz = act == Activation::identity ? dy : workspace;
   // dw (OUT,IN) += dz^T (OUT,B) . x (B,IN): op(A) = dz^T, so trans_a with lda = OUT.
-  matmul(dw, dz, x, OUT, IN, B, OUT, IN, IN, true, false, T(1), T(1));
+  matmul(dw, dz, x, OUT, IN, B, OUT, IN, IN, true, false, T(1), accumulate ? T(1) : T(0));
   // dx (B,IN) = dz (B,OUT) . w (OUT,IN)
   if (dx) matmul(dx, dz, w, B, IN, OUT, OUT, IN, IN, false, false, T(1), T(0));
 }
@@ -68,7 +71,7 @@ void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x,
 #define FUSEPROP_INSTANTIATE(T)                                                                                   \
   template void linear_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, Activation, T); \
   template void linear_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,    \
-                                   int64_t, int64_t, Activation, T);
+                                   int64_t, int64_t, Activation, T, bool);
 FUSEPROP_INSTANTIATE(float)
 FUSEPROP_INSTANTIATE(double)
 #undef FUSEPROP_INSTANTIATE

@@ -18,8 +18,9 @@ void linear_forward(T* y, T* z, const T* x, const T* w, const T* b, int64_t B, i
 // writes dx (B,IN) = dz w, where dz = dy * act'(z). dx and db may be null (not wanted).
 // workspace holds dz: B*OUT elements, unused (may be null) when act is identity.
 // db is summed in the same pass that forms dz.
+// accumulate false writes dw and db instead of adding to them (the same result as zeroing them first).
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x, const T* w, const T* z,
-                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope);
+                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope, bool accumulate = true);
 
 }  // namespace fuseprop

@@ -119,13 +119,16 @@ void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int
   int64_t mc_block = ceil_div(ceil_div(M, threads), mr) * mr;
   if (mc_block > kern.mc) mc_block = kern.mc;
   const int64_t m_blocks = ceil_div(M, mc_block);
+  // K in equal slices of at most kern.kc (784 = 4 x 196, not 3 x 256 + 16: a thin last slice costs
+  // a whole read and write of C for little work).
+  const int64_t kc_even = ceil_div(K, ceil_div(K, kern.kc));
   for (int64_t j0 = 0; j0 < N; j0 += kern.nc) {
     const int64_t nc = N - j0 < kern.nc ? N - j0 : kern.nc, n_strips = ceil_div(nc, nr);
     // Fewer row blocks than threads (small M): split the columns too.
     int64_t col_chunks = ceil_div(int64_t(threads), m_blocks);
     if (col_chunks > n_strips) col_chunks = n_strips;
-    for (int64_t p0 = 0; p0 < K; p0 += kern.kc) {
-      const int64_t kc = K - p0 < kern.kc ? K - p0 : kern.kc;
+    for (int64_t p0 = 0; p0 < K; p0 += kc_even) {
+      const int64_t kc = K - p0 < kc_even ? K - p0 : kc_even;
       const T beta_here = p0 == 0 ? beta : T(1);  // later k slices add to what the first wrote
       const bool last_slice = p0 + kc == K;
       const int64_t pack_tasks = threads > 1 ? (n_strips < 4 * int64_t(threads) ? n_strips : 4 * int64_t(threads)) : 1;
@@ -182,25 +185,20 @@ void matmul_blocked(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t 
   const int tm = path == GemmPath::dot ? kern.dm : kern.mr, tn = path == GemmPath::dot ? kern.dn : kern.nr;
   const int64_t m_tiles = ceil_div(M, tm), n_tiles = ceil_div(N, tn);
   const int64_t rs_a = trans_a ? 1 : lda, cs_a = trans_a ? lda : 1;
-  // Tasks are rows of tiles (or single tiles when there are few rows): each tile is one task's.
-  const int64_t row_tasks = m_tiles >= 2 * int64_t(threads) ? m_tiles : m_tiles * n_tiles;
-  parallel_tasks(threads > 1 ? row_tasks : 1, threads, [&](int64_t task) {
-    const bool whole = threads <= 1;
-    const int64_t it0 = whole ? 0 : (row_tasks == m_tiles ? task : task / n_tiles);
-    const int64_t it1 = whole ? m_tiles : it0 + 1;
-    const int64_t jt0 = whole || row_tasks == m_tiles ? 0 : task % n_tiles;
-    const int64_t jt1 = whole || row_tasks == m_tiles ? n_tiles : jt0 + 1;
-    for (int64_t it = it0; it < it1; ++it) {
-      for (int64_t jt = jt0; jt < jt1; ++jt) {
-        const int64_t i0 = it * tm, j0 = jt * tn;
-        const int64_t rows = M - i0 < tm ? M - i0 : tm, cols = N - j0 < tn ? N - j0 : tn;
-        T* Ct = C + i0 * ldc + j0;
-        if (path == GemmPath::dot)
-          kern.dot_tile(K, A + i0 * lda, lda, B + j0 * ldb, ldb, Ct, ldc, alpha, beta, rows, cols);
-        else
-          kern.direct_tile(K, A + i0 * rs_a, rs_a, cs_a, B + j0, ldb, Ct, ldc, alpha, beta, rows, cols);
-        epilogue(Ct, ldc, i0, j0, rows, cols);
-      }
+  // Tasks are a few contiguous runs of tiles per thread (row-major over the tile grid): coarse
+  // enough that claiming them costs nothing, fine enough that a late thread leaves its share.
+  const int64_t tiles = m_tiles * n_tiles;
+  const int64_t runs = threads <= 1 ? 1 : (tiles < 4 * int64_t(threads) ? tiles : 4 * int64_t(threads));
+  parallel_tasks(runs, threads, [&](int64_t run) {
+    for (int64_t t = tiles * run / runs; t < tiles * (run + 1) / runs; ++t) {
+      const int64_t i0 = (t / n_tiles) * tm, j0 = (t % n_tiles) * tn;
+      const int64_t rows = M - i0 < tm ? M - i0 : tm, cols = N - j0 < tn ? N - j0 : tn;
+      T* Ct = C + i0 * ldc + j0;
+      if (path == GemmPath::dot)
+        kern.dot_tile(K, A + i0 * lda, lda, B + j0 * ldb, ldb, Ct, ldc, alpha, beta, rows, cols);
+      else
+        kern.direct_tile(K, A + i0 * rs_a, rs_a, cs_a, B + j0, ldb, Ct, ldc, alpha, beta, rows, cols);
+      epilogue(Ct, ldc, i0, j0, rows, cols);
     }
   });
 }

@@ -1,22 +1,38 @@
 #include "network.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "linear.h"
 #include "losses.h"
 #include "optim.h"
+#include "threads.h"
 
 namespace fuseprop {
 
 namespace {
 
+// a (n): no NaN or Inf, i.e. no element with every exponent bit set. An integer test ORed over the
+// chunk has no branch and no floating-point reduction to keep in order, so the loop vectorises.
 template <typename T>
 bool all_finite(const T* a, int64_t n) {
-  for (int64_t i = 0; i < n; ++i)
-    if (!std::isfinite(a[i])) return false;
-  return true;
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
+  std::atomic<bool> finite{true};
+  parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+    Bits bad = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      Bits u;
+      std::memcpy(&u, a + i, sizeof u);
+      bad |= Bits((u & exponent) == exponent);
+    }
+    if (bad) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
 }
 
 }  // namespace
@@ -70,7 +86,6 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
   last_batch_ = B;
   ++steps_;
   const size_t L = layers_.size();
-  for (const auto& p : params_) std::fill_n(p.grad, p.n, T(0));
 
   // Forward: y_i = act(y_{i-1} w_i^T + b_i), with y_{-1} = x.
   const T* in = x;
@@ -108,7 +123,9 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
     const Buffers buf = buffers(i, B);
     const T* layer_in = i > 0 ? buffers(i - 1, B).y : x;
     T* dx = i > 0 ? buffers(i - 1, B).dy : nullptr;
-    linear_backward<T>(dx, l.dw, l.db, dz, buf.dy, layer_in, l.w, buf.z, buf.y, B, l.in, l.out, l.act, l.slope);
+    // Writes (not adds) the gradients: the step's "zero the gradients" costs no pass of its own.
+    linear_backward<T>(dx, l.dw, l.db, dz, buf.dy, layer_in, l.w, buf.z, buf.y, B, l.in, l.out, l.act, l.slope,
+                       /*accumulate=*/false);
   }
   for (size_t s = 0; s < params_.size(); ++s)
     if (!all_finite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, int64_t(s)};

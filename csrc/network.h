@@ -1,5 +1,5 @@
-// The whole training step of a chain of dense layers in one call: zero the gradients, forward, loss
-// value and gradient, backward, optimizer update. The plan keeps raw pointers into arrays it does not
+// The whole training step of a chain of dense layers in one call: forward, loss value and gradient,
+// backward (writing the gradients, so they need no zeroing pass), optimizer update. The plan keeps raw pointers into arrays it does not
 // own (parameters, gradients, optimizer state: the caller keeps them alive and unmoved) and owns one
 // workspace, sized for the largest batch seen so far: a step with a batch no larger than that
 // allocates nothing.
@@ -73,7 +73,7 @@ class TrainPlan {
   // x (B, IN of layer 0); labels (B) in [0, C) for cross-entropy, else target (B, OUT of the last
   // layer): the other one is null. B >= 1. Hyper-parameters and step counts are read from params().
   // Safety, as Sequential.train_step: a non-finite loss or gradient stops the step before the update
-  // (weights and optimizer state untouched, gradients zeroed or partly written); a parameter that the
+  // (weights and optimizer state untouched, gradients untouched or partly written); a parameter that the
   // update made non-finite is reported after it (the weights are overwritten).
   StepResult step(const T* x, const int64_t* labels, const T* target, int64_t B);
 

@@ -6,20 +6,62 @@
 
 namespace fuseprop {
 
+namespace {
+
+// The loops below see restrict pointers and no branch on the configuration (each one is a
+// template parameter), so they vectorise; the bindings have checked that no two arrays overlap.
+
+// SGD over [0, n): see sgd_step
+template <typename T, bool Decay, bool Momentum, bool Nesterov, bool FirstStep>
+void sgd_range(T* __restrict param, T* __restrict buf, const T* __restrict grad, int64_t n, T lr, T momentum,
+               T dampening, T weight_decay) {
+  for (int64_t i = 0; i < n; ++i) {
+    T d = grad[i];
+    if constexpr (Decay) d += weight_decay * param[i];
+    if constexpr (Momentum) {
+      const T b = FirstStep ? d : momentum * buf[i] + (T(1) - dampening) * d;
+      buf[i] = b;
+      d = Nesterov ? d + momentum * b : b;
+    }
+    param[i] -= lr * d;
+  }
+}
+
+// Adam over [0, n): see adam_step
+template <typename T, bool Decoupled, bool Decay>
+void adam_range(T* __restrict param, T* __restrict exp_avg, T* __restrict exp_avg_sq, const T* __restrict grad,
+                int64_t n, T beta1, T beta2, T eps, T weight_decay, T decay, T step_size, T bias_correction2_sqrt) {
+  for (int64_t i = 0; i < n; ++i) {
+    T p = param[i], g = grad[i];
+    if constexpr (Decoupled) p *= decay;
+    else if constexpr (Decay) g += weight_decay * p;
+    const T m = beta1 * exp_avg[i] + (T(1) - beta1) * g;
+    const T v = beta2 * exp_avg_sq[i] + (T(1) - beta2) * g * g;
+    exp_avg[i] = m;
+    exp_avg_sq[i] = v;
+    const T denom = std::sqrt(v) / bias_correction2_sqrt + eps;
+    param[i] = p - step_size * (m / denom);  // addcdiv order, as PyTorch
+  }
+}
+
+}  // namespace
+
 // param, momentum_buffer, grad (n): PyTorch SGD
 template <typename T>
 void sgd_step(T* param, T* momentum_buffer, const T* grad, int64_t n, T lr, T momentum, T dampening,
               bool nesterov, T weight_decay, bool first_step) {
+  // The configuration picks one specialised loop.
+  using Range = void (*)(T*, T*, const T*, int64_t, T, T, T, T);
+  const bool decay = weight_decay != T(0);
+  Range range;
+  if (momentum == T(0)) range = decay ? sgd_range<T, true, false, false, false> : sgd_range<T, false, false, false, false>;
+  else if (first_step && nesterov) range = decay ? sgd_range<T, true, true, true, true> : sgd_range<T, false, true, true, true>;
+  else if (first_step) range = decay ? sgd_range<T, true, true, false, true> : sgd_range<T, false, true, false, true>;
+  else if (nesterov) range = decay ? sgd_range<T, true, true, true, false> : sgd_range<T, false, true, true, false>;
+  else range = decay ? sgd_range<T, true, true, false, false> : sgd_range<T, false, true, false, false>;
   parallel_for(n, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      T d = weight_decay != T(0) ? grad[i] + weight_decay * param[i] : grad[i];
-      if (momentum != T(0)) {
-        T& buf = momentum_buffer[i];
-        buf = first_step ? d : momentum * buf + (T(1) - dampening) * d;
-        d = nesterov ? d + momentum * buf : buf;
-      }
-      param[i] -= lr * d;
-    }
+    range(param + begin, momentum_buffer ? momentum_buffer + begin : nullptr, grad + begin, end - begin, lr, momentum,
+          dampening, weight_decay);
   });
 }
 
@@ -34,18 +76,10 @@ void adam_step(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n, T 
   const T bias_correction2_sqrt = T(std::sqrt(bias_correction2));
   const T decay = T(1.0 - double(lr) * double(weight_decay));
   parallel_for(n, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      T g = grad[i];
-      if (decoupled_weight_decay) {
-        param[i] *= decay;
-      } else if (weight_decay != T(0)) {
-        g += weight_decay * param[i];
-      }
-      exp_avg[i] = beta1 * exp_avg[i] + (T(1) - beta1) * g;
-      exp_avg_sq[i] = beta2 * exp_avg_sq[i] + (T(1) - beta2) * g * g;
-      const T denom = std::sqrt(exp_avg_sq[i]) / bias_correction2_sqrt + eps;
-      param[i] -= step_size * (exp_avg[i] / denom);  // addcdiv order, as PyTorch
-    }
+    auto range = decoupled_weight_decay ? adam_range<T, true, false>
+                 : weight_decay != T(0) ? adam_range<T, false, true> : adam_range<T, false, false>;
+    range(param + begin, exp_avg + begin, exp_avg_sq + begin, grad + begin, end - begin, beta1, beta2, eps,
+          weight_decay, decay, step_size, bias_correction2_sqrt);
   });
 }
 

@@ -25,7 +25,7 @@ def restore_defaults():
     _C._set_gemm_path("auto")
 
 
-# Big enough that every path runs threaded (over 2^21 multiply-adds), with ragged edges.
+# Big enough that every path runs threaded (over 2^20 multiply-adds), with ragged edges.
 SHAPES = [(257, 300, 129), (64, 1000, 70), (1000, 64, 41), (40, 50, 1500)]
 
 

@@ -3,7 +3,7 @@
 benchmark network's first layer. See conftest.py for how to run."""
 import pytest
 
-from impls import SPECS
+from fuseprop.bench.cases import SPECS
 
 
 @pytest.mark.parametrize("spec", [pytest.param(s, id=s.name, marks=pytest.mark.slow if s.slow else ())

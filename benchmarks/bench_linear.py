@@ -2,7 +2,7 @@
 linear_forward / linear_backward vs the same formulas in NumPy and in torch. See conftest.py for how to run."""
 import pytest
 
-from impls import SPECS
+from fuseprop.bench.cases import SPECS
 
 
 @pytest.mark.parametrize("spec", [pytest.param(s, id=s.name) for s in SPECS["linear"]])

@@ -2,7 +2,7 @@
 Sequential.train_step vs a plain NumPy step vs torch eager. See conftest.py for how to run."""
 import pytest
 
-from impls import SPECS
+from fuseprop.bench.cases import SPECS
 
 
 @pytest.mark.parametrize("spec", [pytest.param(s, id=s.name) for s in SPECS["train"]])

@@ -13,7 +13,7 @@ drift; benchmarks/compare.py interleaves them and prints GFLOP/s, samples/s and 
 """
 import pytest
 
-from impls import IMPLS
+from fuseprop.bench.cases import IMPLS
 
 
 def pytest_collect_file(file_path, parent):

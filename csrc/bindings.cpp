@@ -26,6 +26,9 @@
 #include "network.h"
 #include "optim.h"
 #include "threads.h"
+#if FUSEPROP_CUDA_COMPILED
+#include "device.h"
+#endif
 
 namespace py = pybind11;
 using namespace fuseprop;
@@ -864,6 +867,21 @@ PYBIND11_MODULE(_C, m) {
   m.attr("compiler") = compiler_string();
   m.attr("arch") = arch_string();
   m.attr("cuda_compiled") = bool(FUSEPROP_CUDA_COMPILED);
+#if FUSEPROP_CUDA_COMPILED
+  m.def("cuda_query", [] {
+    const cuda::DeviceQuery q = cuda::query_devices();
+    return py::dict("count"_a = q.count, "status"_a = q.status, "runtime_version"_a = q.runtime_version,
+                    "driver_version"_a = q.driver_version);
+  }, "device count and the runtime's status: never raises, whatever the driver");
+  m.def("cuda_device_properties", [](int index) {
+    const cuda::DeviceQuery q = cuda::query_devices();
+    if (index < 0 || index >= q.count)
+      throw py::value_error(cat("device must be in [0, ", q.count, "), got ", index, " (", q.status, ")"));
+    const cuda::DeviceProperties p = cuda::device_properties(index);
+    return py::dict("name"_a = p.name, "capability"_a = py::make_tuple(p.major, p.minor),
+                    "total_memory"_a = p.total_memory, "multiprocessors"_a = p.multiprocessors);
+  }, "index"_a);
+#endif
 
   // ---- kernel selection and threads
   m.def("cpu_level", [] { return std::string(cpu_level_name(cpu_level_active())); },

@@ -15,14 +15,14 @@ def small_net(dtype=np.float32):
     return nn.Sequential(nn.Linear(6, 5, dtype=dtype), nn.ReLU(), nn.Linear(5, 3, dtype=dtype))
 
 
-def test_build_info_reports_the_build_and_no_cuda_device():
+def test_build_info_reports_the_build():
     info = fuseprop.build_info()
     assert info["version"] == fuseprop.__version__ == importlib.metadata.version("fuseprop")
     assert info["compiler"] and info["arch"] in ("x86_64", "aarch64", "other")
     assert info["kernel_level"] in info["kernel_levels_available"] and info["num_threads"] >= 1
     assert info["kernel_levels_available"][0] == "generic"
-    assert info["cuda_compiled"] is False and info["cuda_available"] is False
-    assert "no CUDA device" in info["cuda_status"]
+    assert isinstance(info["cuda_compiled"], bool) and isinstance(info["cuda_available"], bool)
+    assert info["cuda_available"] or info["cuda_status"].startswith("no CUDA device")
 
 
 def test_manual_seed_makes_initialisation_repeatable():

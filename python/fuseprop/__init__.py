@@ -10,13 +10,13 @@ import platform
 import numpy as np
 
 from . import _C
-from . import functional, init, losses, nn, optim, reference, testing
+from . import cuda, functional, init, losses, nn, optim, reference, testing
 from ._random import manual_seed, default_generator
 
 __version__ = _C.__version__
 
 __all__ = ["__version__", "build_info", "manual_seed", "default_generator", "get_num_threads", "set_num_threads",
-           "cpu_level", "set_cpu_level", "functional", "init", "losses", "nn", "optim", "reference", "testing"]
+           "cpu_level", "set_cpu_level", "cuda", "functional", "init", "losses", "nn", "optim", "reference", "testing"]
 
 
 def get_num_threads() -> int:
@@ -51,9 +51,9 @@ def build_info() -> dict:
         "kernel_level": _C.cpu_level(),
         "kernel_levels_available": list(_C.cpu_levels_available()),
         "num_threads": _C.get_num_threads(),
-        "cuda_compiled": bool(_C.cuda_compiled),
-        "cuda_available": False,
-        "cuda_status": "no CUDA device: this build has no CUDA backend" if not _C.cuda_compiled else "no CUDA device",
+        "cuda_compiled": cuda.is_compiled(),
+        "cuda_available": cuda.is_available(),
+        "cuda_status": cuda.status(),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }

@@ -10,8 +10,6 @@ import numpy as np
 __version__: str
 compiler: str
 arch: str
-kernel_level: str
-num_threads: int
 cuda_compiled: bool
 
 # a: op(a) (M,K); b: op(b) (K,N); c: (M,N) written in place when given
@@ -72,3 +70,15 @@ class TrainPlan:
     def steps(self) -> int: ...
     @property
     def updated(self) -> bool: ...  # the last step wrote the update
+
+# kernel selection and threads
+def cpu_level() -> str: ...  # "generic", "avx2" or "avx512": what the float kernels use now
+def cpu_levels_available() -> list[str]: ...  # lowest first
+def set_cpu_level(level: str) -> None: ...  # ValueError for an unknown or unsupported level
+def get_num_threads() -> int: ...
+def set_num_threads(n: int) -> None: ...  # n >= 1
+def _set_gemm_path(path: str) -> None: ...  # "auto", "packed", "direct" or "dot" (tests, benchmarks)
+
+# CUDA (only when cuda_compiled)
+def cuda_query() -> dict: ...  # {"count", "status", "runtime_version", "driver_version"}; never raises
+def cuda_device_properties(index: int) -> dict: ...  # {"name", "capability", "total_memory", "multiprocessors"}

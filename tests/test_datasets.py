@@ -8,6 +8,8 @@ import http.server
 import os
 import re
 import threading
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -94,6 +96,23 @@ def test_corrupt_gzip_raises_value_error(tmp_path):
     path.write_bytes(bytes(packed))
     with pytest.raises(ValueError, match="corrupt gzip"):
         datasets.read_idx(path)
+
+
+def test_gzip_bomb_is_stopped_at_the_size_the_header_claims(tmp_path):
+    # 10 bytes announced, 64 MiB of zeros delivered: reading must stop after the 11th byte.
+    packer = zlib.compressobj(wbits=31)  # gzip framing
+    chunk = bytes(1 << 20)
+    packed = packer.compress(idx_bytes(dims=(10,))) + b"".join(packer.compress(chunk) for _ in range(64)) + packer.flush()
+    path = tmp_path / "bomb.idx.gz"
+    path.write_bytes(packed)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="trailing bytes"):
+            datasets.read_idx(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
 
 
 def read_or_value_error(path):

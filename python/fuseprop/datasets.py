@@ -194,10 +194,11 @@ def _download(url: str, dest: str, md5: str) -> None:
 def load_fashion_mnist(path=None, download: bool = False):
     """Fashion-MNIST as (x_train, y_train), (x_test, y_test), laid out as load_mnist returns it.
 
-    Without path, the first directory holding the four files wins: $FUSEPROP_DATA, $FUSEPROP_DATA/fashion-mnist,
+    With path, the files are read from that directory (no search, no download). Without it, the first
+    directory holding the four files wins: $FUSEPROP_DATA, $FUSEPROP_DATA/fashion-mnist,
     /usr/share/datasets/fashion-mnist (Debian's dataset-fashion-mnist), then the user cache
-    ($XDG_CACHE_HOME or ~/.cache)/fuseprop/fashion-mnist. With download=True and nothing found, the files are
-    fetched from FASHION_MNIST_URL into the cache and checked against FASHION_MNIST_MD5."""
+    ($XDG_CACHE_HOME or ~/.cache)/fuseprop/fashion-mnist. With download=True and nothing found, the
+    files are fetched from FASHION_MNIST_URL into the cache and checked against FASHION_MNIST_MD5."""
     if path is not None:
         return load_mnist(path)
     for directory in _search_dirs():

@@ -109,11 +109,10 @@ def save_checkpoint(path, model, optimizer=None, extra=None, format: str | None 
     if format == "safetensors" and not _safetensors():
         raise ImportError("format='safetensors' needs the safetensors package: pip install fuseprop[checkpoint]")
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    meta = {"format": _FORMAT, "version": _VERSION,
-            "optimizer": None if optimizer is None else {"type": type(optimizer).__name__,
-                                                         "state_dict": _encode(optimizer.state_dict(), "optimizer", tensors)},
-            "extra": _encode(extra, "extra", tensors)}
-    meta = json.dumps(meta)
+    saved_opt = None if optimizer is None else {
+        "type": type(optimizer).__name__, "state_dict": _encode(optimizer.state_dict(), "optimizer", tensors)}
+    meta = json.dumps({"format": _FORMAT, "version": _VERSION, "optimizer": saved_opt,
+                       "extra": _encode(extra, "extra", tensors)})
     writer = _write_safetensors if format == "safetensors" else _write_npz
     _write_atomic(path, lambda f: writer(f, tensors, meta))
 

@@ -10,13 +10,13 @@ import platform
 import numpy as np
 
 from . import _C
-from . import cuda, functional, init, losses, nn, optim, reference, testing
+from . import checkpoint, cuda, datasets, functional, init, losses, nn, optim, reference, testing
 from ._random import manual_seed, default_generator
 
 __version__ = _C.__version__
 
 __all__ = ["__version__", "build_info", "manual_seed", "default_generator", "get_num_threads", "set_num_threads",
-           "cpu_level", "set_cpu_level", "cuda", "functional", "init", "losses", "nn", "optim", "reference", "testing"]
+           "cpu_level", "set_cpu_level", "checkpoint", "cuda", "datasets", "functional", "init", "losses", "nn", "optim", "reference", "testing"]
 
 
 def get_num_threads() -> int:

@@ -660,6 +660,7 @@ class TrainPlanEntry {
       }
       busy_ = false;
       updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
+      correct_ = result.correct;
       switch (result.status) {
         case StepStatus::ok:
           return result.loss;
@@ -693,6 +694,7 @@ class TrainPlanEntry {
   int64_t capacity() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->capacity(); }); }
   int64_t steps() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->steps(); }); }
   bool updated() const { return updated_; }
+  int64_t correct() const { return correct_; }
 
  private:
   template <typename Kind, size_t N>
@@ -783,6 +785,7 @@ class TrainPlanEntry {
   std::vector<py::object> keep_alive_;    // every array the plan points into
   bool busy_ = false;                     // a step() runs (without the GIL): a second one must not start
   bool updated_ = false;                  // the last step() wrote the update (it may have raised after it)
+  int64_t correct_ = 0;                   // cross-entropy: the last step's rows predicted right (argmax == label)
 };
 
 std::string compiler_string() {
@@ -858,7 +861,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("allocations", &TrainPlanEntry::allocations)
       .def_property_readonly("capacity", &TrainPlanEntry::capacity)
       .def_property_readonly("steps", &TrainPlanEntry::steps)
-      .def_property_readonly("updated", &TrainPlanEntry::updated);
+      .def_property_readonly("updated", &TrainPlanEntry::updated)
+      .def_property_readonly("correct", &TrainPlanEntry::correct);
 
   m.attr("__version__") = FUSEPROP_VERSION;
   m.attr("compiler") = compiler_string();

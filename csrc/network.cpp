@@ -35,6 +35,20 @@ bool all_finite(const T* a, int64_t n) {
   return finite.load();
 }
 
+// logits (B,C), labels (B): rows whose first largest logit is at the label (accuracy without a second forward)
+template <typename T>
+int64_t count_correct(const T* logits, const int64_t* labels, int64_t B, int64_t C) {
+  int64_t correct = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    const T* row = logits + r * C;
+    int64_t best = 0;
+    for (int64_t c = 1; c < C; ++c)
+      if (row[c] > row[best]) best = c;
+    correct += best == labels[r];
+  }
+  return correct;
+}
+
 }  // namespace
 
 template <typename T>
@@ -102,8 +116,10 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
   const int64_t n = loss_.kind == LossKind::cross_entropy ? B : B * C;  // what "mean" divides by
   const T scale = loss_.mean ? T(1.0 / double(n)) : T(1);
   double total = 0;
+  int64_t correct = 0;
   switch (loss_.kind) {
     case LossKind::cross_entropy:
+      correct = count_correct<T>(in, labels, B, C);
       total = cross_entropy_forward_backward<T>(dout, in, labels, B, C, T(loss_.label_smoothing), scale);
       break;
     case LossKind::mse:
@@ -114,7 +130,7 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
       break;
   }
   const double loss = loss_.mean ? total / double(n) : total;
-  if (!std::isfinite(loss)) return {StepStatus::loss_not_finite, loss, -1};
+  if (!std::isfinite(loss)) return {StepStatus::loss_not_finite, loss, correct, -1};
 
   // Backward: dw_i += dz_i^T y_{i-1}, db_i += sum dz_i, dy_{i-1} = dz_i w_i; the first layer's dx is not needed.
   T* dz = workspace_.data() + B * dz_at_;
@@ -128,7 +144,7 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
                        /*accumulate=*/false);
   }
   for (size_t s = 0; s < params_.size(); ++s)
-    if (!all_finite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, int64_t(s)};
+    if (!all_finite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, correct, int64_t(s)};
 
   // Update every parameter, then report the first one the update made non-finite.
   for (auto& p : params_) {
@@ -142,8 +158,8 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
     }
   }
   for (size_t s = 0; s < params_.size(); ++s)
-    if (!all_finite(params_[s].param, params_[s].n)) return {StepStatus::param_not_finite, loss, int64_t(s)};
-  return {StepStatus::ok, loss, -1};
+    if (!all_finite(params_[s].param, params_[s].n)) return {StepStatus::param_not_finite, loss, correct, int64_t(s)};
+  return {StepStatus::ok, loss, correct, -1};
 }
 
 template class TrainPlan<float>;

@@ -60,6 +60,7 @@ enum class StepStatus : int { ok = 0, loss_not_finite, grad_not_finite, param_no
 struct StepResult {
   StepStatus status;
   double loss;   // reduced as LossSpec says
+  int64_t correct;  // cross-entropy: rows whose first largest logit is at the label (as numpy's argmax); else 0
   int64_t slot;  // the first parameter whose gradient (grad_not_finite) or value (param_not_finite) is not finite
 };
 

@@ -72,3 +72,5 @@ class TrainPlan:
     def steps(self) -> int: ...
     @property
     def updated(self) -> bool: ...  # the last step wrote the update
+    @property
+    def correct(self) -> int: ...  # cross-entropy: rows of the last step whose argmax is the label

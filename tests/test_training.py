@@ -95,6 +95,16 @@ def test_verbose_line_format(capsys):
     assert capsys.readouterr().out == ""
 
 
+def test_verbose_tqdm_bar_on_a_terminal(capsys, monkeypatch):
+    pytest.importorskip("tqdm")
+    import sys
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    x, y = blobs(n=200)
+    mlp().fit(x, y, epochs=1, batch_size=50, validation_data=(x, y), verbose=1)
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "4/4" in out and "val_accuracy" in out
+
+
 # -- dropout
 
 def test_dropout_preserves_the_mean_and_is_identity_in_eval():

@@ -224,7 +224,10 @@ def _per_layer_step(model, x, y, loss_fn, optimizer, l1, l2, clip_norm, clip_val
     if not math.isfinite(value):
         raise FloatingPointError(f"the loss is {value}; the weights were not updated")
     grad = loss_fn.backward()
-    model._backward(grad, False) if isinstance(model, nn.Sequential) else model.backward(grad)
+    if isinstance(model, nn.Sequential):
+        model._backward(grad, need_input_grad=False)
+    else:
+        model.backward(grad)
     params = model.parameters()
     for p in params:
         if p.data.ndim >= 2 and l1:
@@ -308,6 +311,8 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
             raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
         cut = len(x) - int(len(x) * validation_split)
         x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
+    elif validation_data is not None:
+        validation_data = _prepare(model, *validation_data, loss_fn)  # converted once, not every epoch
     is_ce = isinstance(loss_fn, losses.CrossEntropyLoss)
     per_layer = bool(l1 or l2 or clip_grad_norm is not None or clip_grad_value is not None)
     rng = np.random.default_rng(seed) if seed is not None else _random.default_generator()
@@ -341,8 +346,9 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 xb, yb = x[idx], y[idx]
                 if augment is not None:
                     xb = augment(xb)
-                value = None if per_layer or not isinstance(model, nn.Sequential) else \
-                    model._fused_step(xb, yb, loss_fn, optimizer)
+                value = None
+                if not per_layer and isinstance(model, nn.Sequential):
+                    value = model._fused_step(xb, yb, loss_fn, optimizer)
                 if value is not None:
                     fused_steps += 1
                     right = model.train_plan.correct if is_ce else 0

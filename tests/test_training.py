@@ -202,14 +202,32 @@ def test_clip_grad_value():
     np.testing.assert_array_equal(params[0].grad, expected)
 
 
-def test_fit_clips_before_the_update():
+@pytest.mark.parametrize("fused", [True, False])
+def test_fit_clips_the_global_norm_before_the_update(fused):
     x, y = blobs(n=32)
     model = mlp(dtype=np.float64)
+    model.fused_train_step = fused
     before = model.state_dict()
     h = model.fit(x, y, optimizer=optim.SGD(model.parameters(), lr=1.0), epochs=1, batch_size=32,
-                  clip_grad_norm=0.01, verbose=0)
+                  clip_grad_norm=0.01, verbose=0, grad_norm_history=True)
     step = math.sqrt(sum(float(((before[k] - v) ** 2).sum()) for k, v in model.state_dict().items()))
-    assert not h.params["fused"] and step == pytest.approx(0.01, rel=1e-4)
+    assert h.params["fused"] == fused and step == pytest.approx(0.01, rel=1e-4)
+    assert math.hypot(*(v[0] for v in h.grad_norms.values())) == pytest.approx(0.01, rel=1e-4)
+
+
+def test_fused_clipping_matches_clip_grad_norm():
+    x, y = blobs(n=64)
+    runs = []
+    for fused in (True, False):
+        model = mlp()
+        model.fused_train_step = fused
+        h = model.fit(x, y, optimizer=optim.Adam(model.parameters(), lr=1e-2), epochs=2, batch_size=16,
+                      clip_grad_norm=0.5, verbose=0, seed=0)
+        assert h.params["fused"] == fused
+        runs.append((h.history["loss"], model.state_dict()))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    for k in runs[0][1]:
+        np.testing.assert_allclose(runs[0][1][k], runs[1][1][k], rtol=1e-4, atol=1e-5)
 
 
 # -- L1 / L2

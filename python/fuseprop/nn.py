@@ -566,15 +566,16 @@ class Sequential(Module):
         state.pop("_fused", None)
         return state
 
-    def _fused_step(self, x, y, loss_fn, optimizer):
-        """train_step as one native call: its loss, or None when it needs the per-layer path."""
+    def _fused_step(self, x, y, loss_fn, optimizer, max_grad_norm=None):
+        """train_step as one native call (optionally clipping the gradients' global norm): its loss, or
+        None when it needs the per-layer path."""
         if not self.fused_train_step:
             return None
         fused = self._fused
         if fused is None or fused.loss_fn is not loss_fn or fused.optimizer is not optimizer:
             from ._train_plan import FusedStep  # here: it imports losses and optim, which import nn
             fused = self._fused = FusedStep(loss_fn, optimizer)
-        return fused.step(self, x, y)
+        return fused.step(self, x, y, max_grad_norm)
 
     def train_step(self, x, y, loss_fn, optimizer) -> float:
         """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the loss.

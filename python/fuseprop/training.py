@@ -3,12 +3,11 @@
 
 Which step fit runs. Each step is ONE native call (Sequential's fused train_step) whenever nothing
 per-layer is needed: a Sequential the fused plan accepts (see fuseprop._train_plan), l1 == l2 == 0
-and no clipping. Augmentation (it transforms the batch before the step), learning-rate schedules
-(they change ``lr`` only) and the optimizer's own ``weight_decay`` keep the step fused. Dropout, l1,
-l2 and clipping take the per-layer path: forward, loss, backward, penalties, clipping and
-``optimizer.step()`` around the same kernels. Clipping stays off the native step on purpose: a
-clipped fused step would need a second pass over every gradient between backward and update inside
-TrainPlan, which is a follow-up, not needed for the recipes here.
+and no clip_grad_value. Augmentation (it transforms the batch before the step), learning-rate
+schedules (they change ``lr`` only), the optimizer's own ``weight_decay`` and clip_grad_norm (the
+native step scales the gradients by the global norm between backward and update) keep the step
+fused. Dropout, l1, l2 and clip_grad_value take the per-layer path: forward, loss, backward,
+penalties, clipping and ``optimizer.step()`` around the same kernels.
 
 Accuracy (CrossEntropyLoss) comes from the step's own logits, with no second forward: the fused plan
 counts argmax == label natively (``train_plan.correct``); the per-layer path counts on its logits.
@@ -236,11 +235,11 @@ def _per_layer_step(model, x, y, loss_fn, optimizer, l1, l2, clip_norm, clip_val
         if p.data.ndim >= 2 and l2:
             p.grad += p.dtype.type(l2) * p.data
             value += 0.5 * l2 * float(np.dot(p.data.ravel(), p.data.ravel()))
-    record()
     if clip_value is not None:
         nn.utils.clip_grad_value_(params, clip_value)
     if clip_norm is not None:
         nn.utils.clip_grad_norm_(params, clip_norm)
+    record()
     if not all(np.isfinite(p.grad).all() for p in params):
         raise FloatingPointError("a gradient is not finite; the weights were not updated")
     optimizer.step()
@@ -297,7 +296,7 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     callbacks: Callback objects (EarlyStopping, LR schedules). verbose: 0 silent, 1 a tqdm bar when
     stdout is a terminal and tqdm is installed, else (and for 2) one line per epoch. l1, l2,
     clip_grad_norm, clip_grad_value: see the module docstring. grad_norm_history: record each layer's
-    gradient norm every step in history.grad_norms and warn (GradientWarning) on vanishing or exploding
+    gradient norm every step (of the gradient the update used: after clipping) in history.grad_norms and warn (GradientWarning) on vanishing or exploding
     gradients. The model is in train mode while fitting, eval mode while validating, and in its former
     mode afterwards.
     """
@@ -314,7 +313,7 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     elif validation_data is not None:
         validation_data = _prepare(model, *validation_data, loss_fn)  # converted once, not every epoch
     is_ce = isinstance(loss_fn, losses.CrossEntropyLoss)
-    per_layer = bool(l1 or l2 or clip_grad_norm is not None or clip_grad_value is not None)
+    per_layer = bool(l1 or l2 or clip_grad_value is not None or clip_grad_norm == 0)  # native 0 means no clipping
     rng = np.random.default_rng(seed) if seed is not None else _random.default_generator()
     callbacks = list(callbacks or [])
     history = History()
@@ -348,7 +347,7 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                     xb = augment(xb)
                 value = None
                 if not per_layer and isinstance(model, nn.Sequential):
-                    value = model._fused_step(xb, yb, loss_fn, optimizer)
+                    value = model._fused_step(xb, yb, loss_fn, optimizer, clip_grad_norm)
                 if value is not None:
                     fused_steps += 1
                     right = model.train_plan.correct if is_ce else 0

@@ -625,7 +625,9 @@ class TrainPlanEntry {
   // (lr, beta1, beta2, eps, weight_decay) for Adam / AdamW. steps: one count per parameter (SGD: 1 on
   // the momentum buffer's first update, else 2; Adam: this update's number, from 1).
   // Returns the loss; raises FloatingPointError as Sequential.train_step does.
-  double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps) {
+  double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps,
+              double max_grad_norm) {
+    if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
     if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
     py::array x = as_array(x_obj, "x");
     check_dtype(x, "x", dtype_, "the parameters");
@@ -656,13 +658,16 @@ class TrainPlanEntry {
       updated_ = false;
       try {
         py::gil_scoped_release nogil;
-        result = p.step(ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target), B);
+        result = p.step(ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target), B,
+                        max_grad_norm);
       } catch (...) {
         busy_ = false;
         throw;
       }
       busy_ = false;
       updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
+      correct_ = result.correct;
+      grad_norm_ = result.grad_norm;
       switch (result.status) {
         case StepStatus::ok:
           return result.loss;
@@ -696,6 +701,8 @@ class TrainPlanEntry {
   int64_t capacity() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->capacity(); }); }
   int64_t steps() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->steps(); }); }
   bool updated() const { return updated_; }
+  int64_t correct() const { return correct_; }
+  double grad_norm() const { return grad_norm_; }
 
  private:
   template <typename Kind, size_t N>
@@ -786,6 +793,8 @@ class TrainPlanEntry {
   std::vector<py::object> keep_alive_;    // every array the plan points into
   bool busy_ = false;                     // a step() runs (without the GIL): a second one must not start
   bool updated_ = false;                  // the last step() wrote the update (it may have raised after it)
+  double grad_norm_ = 0;                  // the last clipped step's global gradient norm, before clipping
+  int64_t correct_ = 0;                   // cross-entropy: the last step's rows predicted right (argmax == label)
 };
 
 std::string compiler_string() {
@@ -856,12 +865,14 @@ PYBIND11_MODULE(_C, m) {
                     const std::string&, int64_t>(),
            "layers"_a, "params"_a, py::kw_only(), "loss"_a, "optimizer"_a, "label_smoothing"_a = 0.0,
            "reduction"_a = "mean", "groups"_a = 1)
-      .def("step", &TrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a)
+      .def("step", &TrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0)
       .def("loss_grad", &TrainPlanEntry::loss_grad)
       .def_property_readonly("allocations", &TrainPlanEntry::allocations)
       .def_property_readonly("capacity", &TrainPlanEntry::capacity)
       .def_property_readonly("steps", &TrainPlanEntry::steps)
-      .def_property_readonly("updated", &TrainPlanEntry::updated);
+      .def_property_readonly("updated", &TrainPlanEntry::updated)
+      .def_property_readonly("correct", &TrainPlanEntry::correct)
+      .def_property_readonly("grad_norm", &TrainPlanEntry::grad_norm);
 
   m.attr("__version__") = FUSEPROP_VERSION;
   m.attr("compiler") = compiler_string();

@@ -35,6 +35,20 @@ bool all_finite(const T* a, int64_t n) {
   return finite.load();
 }
 
+// logits (B,C), labels (B): rows whose first largest logit is at the label (accuracy without a second forward)
+template <typename T>
+int64_t count_correct(const T* logits, const int64_t* labels, int64_t B, int64_t C) {
+  int64_t correct = 0;
+  for (int64_t r = 0; r < B; ++r) {
+    const T* row = logits + r * C;
+    int64_t best = 0;
+    for (int64_t c = 1; c < C; ++c)
+      if (row[c] > row[best]) best = c;
+    correct += best == labels[r];
+  }
+  return correct;
+}
+
 }  // namespace
 
 template <typename T>
@@ -81,7 +95,7 @@ const T* TrainPlan<T>::loss_grad() const {
 
 // x (B, IN_0); labels (B) or target (B, OUT_last): one training step
 template <typename T>
-StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target, int64_t B) {
+StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target, int64_t B, double max_grad_norm) {
   reserve(B);
   last_batch_ = B;
   ++steps_;
@@ -102,8 +116,10 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
   const int64_t n = loss_.kind == LossKind::cross_entropy ? B : B * C;  // what "mean" divides by
   const T scale = loss_.mean ? T(1.0 / double(n)) : T(1);
   double total = 0;
+  int64_t correct = 0;
   switch (loss_.kind) {
     case LossKind::cross_entropy:
+      correct = count_correct<T>(in, labels, B, C);
       total = cross_entropy_forward_backward<T>(dout, in, labels, B, C, T(loss_.label_smoothing), scale);
       break;
     case LossKind::mse:
@@ -114,7 +130,7 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
       break;
   }
   const double loss = loss_.mean ? total / double(n) : total;
-  if (!std::isfinite(loss)) return {StepStatus::loss_not_finite, loss, -1};
+  if (!std::isfinite(loss)) return {StepStatus::loss_not_finite, loss, 0, correct, -1};
 
   // Backward: dw_i += dz_i^T y_{i-1}, db_i += sum dz_i, dy_{i-1} = dz_i w_i; the first layer's dx is not needed.
   T* dz = workspace_.data() + B * dz_at_;
@@ -128,7 +144,19 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
                        /*accumulate=*/false);
   }
   for (size_t s = 0; s < params_.size(); ++s)
-    if (!all_finite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, int64_t(s)};
+    if (!all_finite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, 0, correct, int64_t(s)};
+
+  // Clipping by the global norm: one pass to sum the squares (in double), one to scale, before the update.
+  double grad_norm = 0;
+  if (max_grad_norm > 0) {
+    for (const auto& p : params_)
+      for (int64_t i = 0; i < p.n; ++i) grad_norm += double(p.grad[i]) * double(p.grad[i]);
+    grad_norm = std::sqrt(grad_norm);
+    const double coef = max_grad_norm / (grad_norm + 1e-6);
+    if (coef < 1)
+      for (const auto& p : params_)
+        for (int64_t i = 0; i < p.n; ++i) p.grad[i] *= T(coef);
+  }
 
   // Update every parameter, then report the first one the update made non-finite.
   for (auto& p : params_) {
@@ -142,8 +170,8 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
     }
   }
   for (size_t s = 0; s < params_.size(); ++s)
-    if (!all_finite(params_[s].param, params_[s].n)) return {StepStatus::param_not_finite, loss, int64_t(s)};
-  return {StepStatus::ok, loss, -1};
+    if (!all_finite(params_[s].param, params_[s].n)) return {StepStatus::param_not_finite, loss, grad_norm, correct, int64_t(s)};
+  return {StepStatus::ok, loss, grad_norm, correct, -1};
 }
 
 template class TrainPlan<float>;

@@ -60,6 +60,8 @@ enum class StepStatus : int { ok = 0, loss_not_finite, grad_not_finite, param_no
 struct StepResult {
   StepStatus status;
   double loss;   // reduced as LossSpec says
+  double grad_norm;  // the L2 norm of all gradients together, before clipping (computed only when clipping)
+  int64_t correct;  // cross-entropy: rows whose first largest logit is at the label (as numpy's argmax); else 0
   int64_t slot;  // the first parameter whose gradient (grad_not_finite) or value (param_not_finite) is not finite
 };
 
@@ -75,7 +77,9 @@ class TrainPlan {
   // Safety, as Sequential.train_step: a non-finite loss or gradient stops the step before the update
   // (weights and optimizer state untouched, gradients untouched or partly written); a parameter that the
   // update made non-finite is reported after it (the weights are overwritten).
-  StepResult step(const T* x, const int64_t* labels, const T* target, int64_t B);
+  // max_grad_norm > 0: before the update, every gradient is scaled by max_grad_norm / (norm + 1e-6) when
+  // that is below 1, norm being the L2 norm of all gradients together (torch.nn.utils.clip_grad_norm_).
+  StepResult step(const T* x, const int64_t* labels, const T* target, int64_t B, double max_grad_norm = 0);
 
   std::vector<ParamSlot<T>>& params() { return params_; }
   // The gradient of the last step's loss with respect to the last layer's output, (last_batch(), OUT).

@@ -9,6 +9,7 @@ they update. The worst errors seen are collected and printed by test_report_wors
 from __future__ import annotations
 
 import itertools
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -89,7 +90,8 @@ def linear_cases(act, slope, bias):
         b, i, o = s
         x, w, bb = make_fwd(rng, s)
         y, z = reference.linear_forward(x, w, bb, act, slope)
-        return normal(rng, b, o), x, w, z, y, normal(rng, o, i), normal(rng, o) if bias else None
+        # grad_y scaled so grad_weight = dz^T x (a sum over the batch) is O(1), as the sqrt(K) tolerance assumes
+        return normal(rng, b, o, scale=max(b, 1) ** -0.5), x, w, z, y, normal(rng, o, i), normal(rng, o) if bias else None
 
     def run_bwd(mod, dy, x, w, z, y, dw, db):
         fresh = mod.linear_backward(dy, x, w, z, y, act, slope, has_bias=bias)
@@ -230,7 +232,8 @@ def test_every_gemm_path_matches_reference(op, shape, cpu_level, gemm_path):
 
 
 def check_case(op, shape, dtype):
-    rng = np.random.default_rng(abs(hash((op.name, shape))) % 2**32)
+    # A stable seed per case: hash() of a str changes from process to process (PYTHONHASHSEED).
+    rng = np.random.default_rng(zlib.crc32(f"{op.name}{shape}".encode()))
     args = cast(op.make(rng, shape), dtype)  # values representable in dtype, so both sides see the same inputs
     reference_args = upcast(args)  # copies, taken before in-place ops update args
     native = outputs(op.run(functional, *args))

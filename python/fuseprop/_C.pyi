@@ -58,8 +58,10 @@ class TrainPlan:
                  label_smoothing: float = 0.0, reduction: str = "mean", groups: int = 1) -> None: ...
     # x (B,IN); target: labels (B,) int64, or (B,OUT) floats; hyper: per group (lr, momentum, dampening,
     # nesterov, weight_decay) for SGD, (lr, beta1, beta2, eps, weight_decay) for Adam; steps: per parameter.
+    # max_grad_norm > 0 clips all gradients together to that L2 norm before the update (0: no clipping).
     # Returns the loss; FloatingPointError as Sequential.train_step.
-    def step(self, x: np.ndarray, target: np.ndarray, hyper: Sequence[tuple], steps: Sequence[int]) -> float: ...
+    def step(self, x: np.ndarray, target: np.ndarray, hyper: Sequence[tuple], steps: Sequence[int],
+             max_grad_norm: float = 0.0) -> float: ...
     # (B,OUT): the gradient of the last step's loss with respect to the model's output (a new array)
     def loss_grad(self) -> np.ndarray: ...
     @property
@@ -70,6 +72,10 @@ class TrainPlan:
     def steps(self) -> int: ...
     @property
     def updated(self) -> bool: ...  # the last step wrote the update
+    @property
+    def correct(self) -> int: ...  # cross-entropy: rows of the last step whose argmax is the label
+    @property
+    def grad_norm(self) -> float: ...  # the last clipped step's global gradient norm, before clipping
 
 # kernel selection and threads
 def cpu_level() -> str: ...  # "generic", "avx2" or "avx512": what the float kernels use now

@@ -75,8 +75,9 @@ class FusedStep:
         self._watch, self._unpublished = [], []  # the optimizer state the plan points into (see _track_state)
         self._new_state = {}  # per parameter without state: what its first update puts into optimizer.state
 
-    def step(self, model, x, y):
-        """The loss of one fused step, or None when this model, loss and optimizer have no fused form."""
+    def step(self, model, x, y, max_grad_norm=None):
+        """The loss of one fused step, or None when this model, loss and optimizer have no fused form.
+        max_grad_norm: clip all gradients together to that L2 norm before the update (as clip_grad_norm_)."""
         if self._loss_kind is None or self._opt_kind is None:
             return None
         opt, loss_fn = self.optimizer, self.loss_fn
@@ -106,7 +107,7 @@ class FusedStep:
         steps = [e["step"] + 1 for e in self._entries] if self._adam else self._steps
         loss_fn._grad = loss_fn._grad_from = None
         try:
-            loss = plan.step(x, y, self._hyper, steps)
+            loss = plan.step(x, y, self._hyper, steps, 0.0 if max_grad_norm is None else max_grad_norm)
         except FloatingPointError:
             loss_fn._grad_from = plan
             if plan.updated:

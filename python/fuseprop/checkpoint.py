@@ -97,13 +97,18 @@ def _write_atomic(path: str, write) -> None:
             os.close(fd)
 
 
+def default_format() -> str:
+    """The format save_checkpoint writes by default: "safetensors" when it is installed, else "npz"."""
+    return "safetensors" if _safetensors() else "npz"
+
+
 def save_checkpoint(path, model, optimizer=None, extra=None, format: str | None = None) -> None:
     """Save model's parameters, optimizer's state_dict() and extra (JSON values, tuples and NumPy arrays,
     nested in dicts and lists) to path, atomically. format is "safetensors" or "npz"; None picks
     safetensors when it is installed (pip install fuseprop[checkpoint]), else npz."""
     path = os.fspath(path)
     if format is None:
-        format = "safetensors" if _safetensors() else "npz"
+        format = default_format()
     if format not in ("safetensors", "npz"):
         raise ValueError(f"format must be 'safetensors', 'npz' or None, got {format!r}")
     if format == "safetensors" and not _safetensors():

@@ -21,7 +21,7 @@ from . import init
 from . import _random
 
 __all__ = ["Parameter", "Module", "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU",
-           "Softmax", "LogSoftmax", "Sequential", "init"]
+           "Softmax", "LogSoftmax", "Dropout", "Sequential", "init", "utils"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -188,6 +188,22 @@ class Module:
 
     def eval(self):
         return self.train(False)
+
+    # -- the training loop (fuseprop.training): keras-shaped fit / evaluate / predict
+    def fit(self, x, y, **kwargs):
+        """Train on (x, y) for some epochs; returns a History. See fuseprop.training.fit."""
+        from .training import fit  # here: training imports losses and optim, which import nn
+        return fit(self, x, y, **kwargs)
+
+    def evaluate(self, x, y, loss=None, batch_size: int = 256) -> dict:
+        """{"loss": ..., "accuracy": ... (CrossEntropyLoss)} in eval mode. See fuseprop.training.evaluate."""
+        from .training import evaluate
+        return evaluate(self, x, y, loss=loss, batch_size=batch_size)
+
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs for x, in eval mode and in batches. See fuseprop.training.predict."""
+        from .training import predict
+        return predict(self, x, batch_size=batch_size)
 
     # -- state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
@@ -408,6 +424,46 @@ class LogSoftmax(_RowSoftmax):
     _backward_fn = staticmethod(F.log_softmax_backward)
 
 
+class Dropout(Module):
+    """Inverted dropout: in training mode each element is kept with probability 1 - p and scaled by
+    1 / (1 - p), so the expected output is the input; the identity in eval mode. The mask is drawn from
+    ``generator`` (a numpy.random.Generator) or fuseprop's generator, and backward multiplies by the
+    same mask. A model with Dropout trains on Sequential's per-layer path."""
+
+    def __init__(self, p: float = 0.5, generator=None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        _random.resolve(generator)  # checks its type
+        self.p = float(p)
+        self._generator = generator
+        self._saved = None  # (mask,) after a forward; mask None where the forward was the identity
+
+    def forward(self, x):
+        x = _float_input(x, "x")
+        if not self.training or self.p == 0.0:
+            self._saved = (None,)
+            return x
+        mask = _random.resolve(self._generator).random(x.shape, dtype=x.dtype) >= self.p
+        mask = mask.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._saved = (mask,)
+        return x * mask
+
+    def backward(self, grad_out):
+        if self._saved is None:
+            raise RuntimeError("Dropout.backward called before forward")
+        mask, = self._saved
+        grad_out = _float_input(grad_out, "grad_out")
+        if mask is None:
+            return grad_out
+        if grad_out.shape != mask.shape:
+            raise ValueError(f"grad_out must have shape {mask.shape}, got {grad_out.shape}")
+        return grad_out * mask
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
 class Sequential(Module):
     """Modules applied in order, keyed "0", "1", ... as torch.nn.Sequential.
 
@@ -510,20 +566,26 @@ class Sequential(Module):
         state.pop("_fused", None)
         return state
 
+    def _fused_step(self, x, y, loss_fn, optimizer, max_grad_norm=None):
+        """train_step as one native call (optionally clipping the gradients' global norm): its loss, or
+        None when it needs the per-layer path."""
+        if not self.fused_train_step:
+            return None
+        fused = self._fused
+        if fused is None or fused.loss_fn is not loss_fn or fused.optimizer is not optimizer:
+            from ._train_plan import FusedStep  # here: it imports losses and optim, which import nn
+            fused = self._fused = FusedStep(loss_fn, optimizer)
+        return fused.step(self, x, y, max_grad_norm)
+
     def train_step(self, x, y, loss_fn, optimizer) -> float:
         """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the loss.
 
         Raises FloatingPointError, without touching the weights, when the loss or a gradient is not finite;
         and, after the fact, when the update itself overflowed (weights overwritten).
         """
-        if self.fused_train_step:
-            fused = self._fused
-            if fused is None or fused.loss_fn is not loss_fn or fused.optimizer is not optimizer:
-                from ._train_plan import FusedStep  # here: it imports losses and optim, which import nn
-                fused = self._fused = FusedStep(loss_fn, optimizer)
-            loss = fused.step(self, x, y)
-            if loss is not None:
-                return loss
+        loss = self._fused_step(x, y, loss_fn, optimizer)
+        if loss is not None:
+            return loss
         x = np.asarray(x)
         if x.ndim < 1 or x.shape[0] == 0:
             raise ValueError(f"train_step needs a non-empty batch, got x of shape {x.shape}")
@@ -543,3 +605,6 @@ class Sequential(Module):
                 raise FloatingPointError(f"the optimizer update made {name} non-finite (is the learning rate too "
                                          "large?); the weights were overwritten: reload them from a checkpoint")
         return loss
+
+
+from . import _nn_utils as utils  # noqa: E402  (fuseprop.nn.utils.clip_grad_norm_ as torch.nn.utils)

@@ -1,0 +1,419 @@
+"""The training loop, shaped like keras: ``model.fit`` / ``evaluate`` / ``predict``, callbacks
+(EarlyStopping, learning-rate schedules) and regularisation (L1, L2, gradient clipping).
+
+Which step fit runs. Each step is ONE native call (Sequential's fused train_step) whenever nothing
+per-layer is needed: a Sequential the fused plan accepts (see fuseprop._train_plan), l1 == l2 == 0
+and no clip_grad_value. Augmentation (it transforms the batch before the step), learning-rate
+schedules (they change ``lr`` only), the optimizer's own ``weight_decay`` and clip_grad_norm (the
+native step scales the gradients by the global norm between backward and update) keep the step
+fused. Dropout, l1, l2 and clip_grad_value take the per-layer path: forward, loss, backward,
+penalties, clipping and ``optimizer.step()`` around the same kernels.
+
+Accuracy (CrossEntropyLoss) comes from the step's own logits, with no second forward: the fused plan
+counts argmax == label natively (``train_plan.correct``); the per-layer path counts on its logits.
+
+Penalties act on weights only (parameters with ndim >= 2; biases are not penalised, as keras'
+kernel_regularizer), and the reported loss includes them:
+  l1: loss += l1 * sum|w|        grad += l1 * sign(w)
+  l2: loss += l2 / 2 * sum w**2  grad += l2 * w   (coupled decay: SGD's or Adam's weight_decay=l2, on weights only)
+For decoupled decay, or to keep the fused step, use the optimizer's weight_decay (AdamW) instead.
+
+Reported losses are per-sample means over the epoch (batch losses weighted by batch size).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import _random, datasets, losses, nn, optim
+from .diagnostics import GradientWarning
+
+__all__ = ["History", "Callback", "EarlyStopping", "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearWarmup",
+           "fit", "evaluate", "predict"]
+
+
+class History:
+    """What fit returns: ``history`` {"loss": [...], "accuracy": [...], "val_loss": [...], ...} one value
+    per epoch, ``epoch`` (0-based epoch numbers), ``params`` (epochs, steps, batch_size, samples, verbose,
+    fused) and, with grad_norm_history=True, ``grad_norms`` {layer name: [L2 norm of its gradient per step]}."""
+
+    def __init__(self):
+        self.history: dict[str, list] = {}
+        self.epoch: list[int] = []
+        self.params: dict = {}
+        self.grad_norms: dict[str, list] = {}
+
+    def __repr__(self):
+        return f"History(epochs={len(self.epoch)}, keys={list(self.history)})"
+
+
+class Callback:
+    """Hooks fit calls. ``self.model`` is set before on_train_begin; set ``self.stop_training = True``
+    to end fit after the current epoch. ``logs`` holds the epoch's metrics ("loss", "val_loss", ...)."""
+
+    stop_training = False
+    model = None
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved by more than min_delta for ``patience`` epochs; with
+    restore_best_weights, the weights of the best epoch are put back when training ends.
+    mode "auto": "max" for metrics whose name contains "acc", else "min"."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 0, min_delta: float = 0.0,
+                 restore_best_weights: bool = True, mode: str = "auto"):
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta = monitor, int(patience), abs(float(min_delta))
+        self.restore_best_weights = restore_best_weights
+        self.mode = ("max" if "acc" in monitor else "min") if mode == "auto" else mode
+
+    def on_train_begin(self, logs=None):
+        self.wait, self.best, self.best_epoch, self.best_weights = 0, None, None, None
+        self.stopped_epoch, self.stop_training = None, False
+
+    def _improved(self, value) -> bool:
+        if self.best is None:
+            return True
+        return value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            warnings.warn(f"EarlyStopping: {self.monitor!r} is not among the metrics {sorted(logs or {})}",
+                          RuntimeWarning, stacklevel=2)
+            return
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = self.model.state_dict()
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch, self.stop_training = epoch, True
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.load_state_dict(self.best_weights)  # in place: a fused plan stays valid
+
+
+class LRScheduler(Callback):
+    """Sets each param group's lr to ``base_lr * factor`` (``_lr``) at t = 0 and after every ``step()``,
+    as torch.optim.lr_scheduler does. fit calls ``step()`` after every epoch (interval="epoch") or
+    after every batch (interval="step")."""
+
+    def __init__(self, optimizer, interval: str = "epoch"):
+        if not isinstance(optimizer, optim.Optimizer):
+            raise TypeError(f"{type(self).__name__} needs a fuseprop optimizer, got {type(optimizer).__name__}")
+        if interval not in ("epoch", "step"):
+            raise ValueError(f"interval must be 'epoch' or 'step', got {interval!r}")
+        self.optimizer, self.interval = optimizer, interval
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_epoch = 0
+        self._apply()
+
+    def _lr(self, base_lr: float, t: int) -> float:
+        raise NotImplementedError
+
+    def _apply(self):
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self._lr(base, self.last_epoch)
+
+    def step(self):
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def on_batch_end(self, batch, logs=None):
+        if self.interval == "step":
+            self.step()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.interval == "epoch":
+            self.step()
+
+
+class StepLR(LRScheduler):
+    """lr = base_lr * gamma ** (t // step_size)."""
+
+    def __init__(self, optimizer, step_size: int, gamma: float = 0.1, interval: str = "epoch"):
+        self.step_size, self.gamma = int(step_size), float(gamma)
+        super().__init__(optimizer, interval)
+
+    def _lr(self, base_lr, t):
+        return base_lr * self.gamma ** (t // self.step_size)
+
+
+class CosineAnnealingLR(LRScheduler):
+    """lr = eta_min + (base_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2."""
+
+    def __init__(self, optimizer, T_max: int, eta_min: float = 0.0, interval: str = "epoch"):
+        self.T_max, self.eta_min = int(T_max), float(eta_min)
+        super().__init__(optimizer, interval)
+
+    def _lr(self, base_lr, t):
+        return self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * t / self.T_max)) / 2
+
+
+class LinearWarmup(LRScheduler):
+    """lr = base_lr * (start_factor + (1 - start_factor) * min(t, warmup) / warmup): torch's
+    LinearLR(start_factor, end_factor=1, total_iters=warmup); warmup counts epochs or steps (interval)."""
+
+    def __init__(self, optimizer, warmup: int, start_factor: float = 0.1, interval: str = "epoch"):
+        if warmup < 1 or not 0.0 < start_factor <= 1.0:
+            raise ValueError(f"need warmup >= 1 and start_factor in (0, 1], got {warmup} and {start_factor}")
+        self.warmup, self.start_factor = int(warmup), float(start_factor)
+        super().__init__(optimizer, interval)
+
+    def _lr(self, base_lr, t):
+        return base_lr * (self.start_factor + (1 - self.start_factor) * min(t, self.warmup) / self.warmup)
+
+
+def _default_loss(y):
+    return losses.CrossEntropyLoss() if np.asarray(y).dtype.kind in "iu" else losses.MSELoss()
+
+
+def _prepare(model, x, y, loss_fn):
+    """x in the model's dtype (one conversion up front, not one per batch); labels as int64."""
+    dtype = next(iter(model.parameters())).dtype
+    x = np.asarray(x)
+    if x.dtype != dtype:
+        x = nn.as_input(x, dtype, "x")
+    y = np.ascontiguousarray(y, dtype=np.int64 if isinstance(loss_fn, losses.CrossEntropyLoss) else dtype)
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same number of samples, got {len(x)} and {len(y)}")
+    return x, y
+
+
+def _per_layer_step(model, x, y, loss_fn, optimizer, l1, l2, clip_norm, clip_value, record):
+    """One step layer by layer, with the penalties and clipping: (loss incl. penalties, logits)."""
+    model.zero_grad()
+    out = model(x)
+    value = loss_fn(out, y)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"the loss is {value}; the weights were not updated")
+    grad = loss_fn.backward()
+    if isinstance(model, nn.Sequential):
+        model._backward(grad, need_input_grad=False)
+    else:
+        model.backward(grad)
+    params = model.parameters()
+    for p in params:
+        if p.data.ndim >= 2 and l1:
+            p.grad += p.dtype.type(l1) * np.sign(p.data)
+            value += l1 * float(np.abs(p.data).sum())
+        if p.data.ndim >= 2 and l2:
+            p.grad += p.dtype.type(l2) * p.data
+            value += 0.5 * l2 * float(np.dot(p.data.ravel(), p.data.ravel()))
+    if clip_value is not None:
+        nn.utils.clip_grad_value_(params, clip_value)
+    if clip_norm is not None:
+        nn.utils.clip_grad_norm_(params, clip_norm)
+    record()
+    if not all(np.isfinite(p.grad).all() for p in params):
+        raise FloatingPointError("a gradient is not finite; the weights were not updated")
+    optimizer.step()
+    return value, out
+
+
+def _layer_grads(model):
+    """{layer name: [its parameters]}: "0.weight" and "0.bias" belong to layer "0"."""
+    layers = {}
+    for name, p in model.named_parameters():
+        layers.setdefault(name.rpartition(".")[0] or name, []).append(p)
+    return layers
+
+
+def _check_grad_norms(norms: dict, steps: int, epoch: int):
+    for layer, values in norms.items():
+        recent = np.asarray(values[-steps:])
+        if not np.isfinite(recent).all() or recent.max() > 1e3:
+            warnings.warn(f"exploding gradients in layer {layer!r} in epoch {epoch}: max norm {recent.max():.3g} "
+                          "(lower the learning rate or clip the gradients)", GradientWarning, stacklevel=3)
+        elif np.median(recent) < 1e-7:
+            warnings.warn(f"vanishing gradients in layer {layer!r} in epoch {epoch}: median norm "
+                          f"{np.median(recent):.3g}", GradientWarning, stacklevel=3)
+
+
+def _format(epoch: int, epochs: int, logs: dict, samples_per_s: float, seconds: float) -> str:
+    parts = [f"epoch {epoch}/{epochs}"]
+    for key, value in logs.items():
+        parts.append(f"{key} {value:.2%}" if key.endswith("accuracy") else f"{key} {value:.4f}")
+    return "  ".join(parts + [f"{samples_per_s:,.0f} samples/s", f"{seconds:.2f} s"])
+
+
+def _progress_bar(verbose: int, total: int, desc: str):
+    """A tqdm bar when verbose == 1, stdout is a terminal and tqdm is installed; else None."""
+    if verbose != 1 or not sys.stdout.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="batch", leave=True, file=sys.stdout)
+
+
+def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
+        validation_split: float = 0.0, callbacks=None, verbose: int = 1, seed=None, shuffle: bool = True,
+        drop_last: bool = False, augment=None, l1: float = 0.0, l2: float = 0.0, clip_grad_norm=None,
+        clip_grad_value=None, grad_norm_history: bool = False) -> History:
+    """Train ``model`` on (x, y) for ``epochs`` epochs of mini-batches; returns a History.
+
+    loss: a fuseprop loss (default CrossEntropyLoss for integer y, else MSELoss); optimizer: default
+    Adam(lr=1e-3). validation_data (x_val, y_val), or validation_split: the last fraction of (x, y),
+    taken before shuffling, as keras. Batches are reshuffled every epoch from ``seed`` (default:
+    fuseprop's generator). augment: a callable on each training batch of x (fuseprop.augment).
+    callbacks: Callback objects (EarlyStopping, LR schedules). verbose: 0 silent, 1 a tqdm bar when
+    stdout is a terminal and tqdm is installed, else (and for 2) one line per epoch. l1, l2,
+    clip_grad_norm, clip_grad_value: see the module docstring. grad_norm_history: record each layer's
+    gradient norm every step (of the gradient the update used: after clipping) in history.grad_norms and warn (GradientWarning) on vanishing or exploding
+    gradients. The model is in train mode while fitting, eval mode while validating, and in its former
+    mode afterwards.
+    """
+    loss_fn = loss if loss is not None else _default_loss(y)
+    optimizer = optimizer if optimizer is not None else optim.Adam(model.parameters())
+    if batch_size < 1 or epochs < 0:
+        raise ValueError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")
+    x, y = _prepare(model, x, y, loss_fn)
+    if validation_data is None and validation_split:
+        if not 0.0 < validation_split < 1.0:
+            raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
+        cut = len(x) - int(len(x) * validation_split)
+        x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
+    elif validation_data is not None:
+        validation_data = _prepare(model, *validation_data, loss_fn)  # converted once, not every epoch
+    is_ce = isinstance(loss_fn, losses.CrossEntropyLoss)
+    per_layer = bool(l1 or l2 or clip_grad_value is not None or clip_grad_norm == 0)  # native 0 means no clipping
+    rng = np.random.default_rng(seed) if seed is not None else _random.default_generator()
+    callbacks = list(callbacks or [])
+    history = History()
+    n = len(x)
+    steps = n // batch_size if drop_last else math.ceil(n / batch_size)
+    history.params = dict(epochs=epochs, steps=steps, batch_size=batch_size, samples=n, verbose=verbose)
+    layers = _layer_grads(model) if grad_norm_history else {}
+    history.grad_norms = {name: [] for name in layers}
+
+    def record():
+        for name, params in layers.items():
+            history.grad_norms[name].append(math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel()))
+                                                          for p in params)))
+
+    was_training = model.training
+    for cb in callbacks:
+        cb.model = model
+        cb.on_train_begin()
+    fused_steps = 0
+    try:
+        for epoch in range(epochs):
+            model.train()
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch)
+            bar = _progress_bar(verbose, steps, f"epoch {epoch + 1}/{epochs}")
+            start = time.perf_counter()
+            total = correct = seen = 0
+            for b, (xb, yb) in enumerate(datasets.batches(x, y, batch_size, shuffle, drop_last, rng)):
+                if augment is not None:
+                    xb = augment(xb)
+                value = None
+                if not per_layer and isinstance(model, nn.Sequential):
+                    value = model._fused_step(xb, yb, loss_fn, optimizer, clip_grad_norm)
+                if value is not None:
+                    fused_steps += 1
+                    right = model.train_plan.correct if is_ce else 0
+                    if layers:
+                        record()
+                else:
+                    value, out = _per_layer_step(model, xb, yb, loss_fn, optimizer, l1, l2, clip_grad_norm,
+                                                 clip_grad_value, record if layers else lambda: None)
+                    right = int((out.argmax(1) == yb).sum()) if is_ce else 0
+                m = len(yb)
+                total += value * (m if loss_fn.reduction == "mean" else 1)
+                correct += right
+                seen += m
+                for cb in callbacks:
+                    cb.on_batch_end(b)
+                if bar is not None:
+                    bar.update(1)
+            train_seconds = time.perf_counter() - start
+            logs = {"loss": total / seen if loss_fn.reduction == "mean" else total}
+            if is_ce:
+                logs["accuracy"] = correct / seen
+            if validation_data is not None:
+                val = evaluate(model, *validation_data, loss=loss_fn, batch_size=max(batch_size, 256))
+                logs.update({"val_" + k: v for k, v in val.items()})
+            seconds = time.perf_counter() - start
+            history.epoch.append(epoch)
+            for k, v in logs.items():
+                history.history.setdefault(k, []).append(v)
+            if layers:
+                _check_grad_norms(history.grad_norms, b + 1, epoch + 1)
+            line = _format(epoch + 1, epochs, logs, seen / train_seconds, seconds)
+            if bar is not None:
+                bar.set_postfix_str(line.split("  ", 1)[1])
+                bar.close()
+            elif verbose:
+                print(line, flush=True)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            if any(cb.stop_training for cb in callbacks):
+                break
+    finally:
+        model.train(was_training)
+    for cb in callbacks:
+        cb.on_train_end()
+    history.params["fused"] = fused_steps > 0
+    return history
+
+
+def predict(model, x, batch_size: int = 256) -> np.ndarray:
+    """The model's outputs for x, in eval mode, batch_size samples at a time (no gradients are computed)."""
+    was_training = model.training
+    model.eval()
+    try:
+        x = np.asarray(x)
+        return np.concatenate([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model, x, y, loss=None, batch_size: int = 256) -> dict:
+    """{"loss": per-sample mean loss} plus "accuracy" for CrossEntropyLoss, in eval mode, in batches.
+    loss defaults as in fit."""
+    loss_fn = loss if loss is not None else _default_loss(y)
+    x, y = _prepare(model, x, y, loss_fn)
+    was_training = model.training
+    model.eval()
+    total = correct = 0
+    try:
+        for i in range(0, len(x), batch_size):
+            out, yb = model(x[i:i + batch_size]), y[i:i + batch_size]
+            total += loss_fn(out, yb) * (len(yb) if loss_fn.reduction == "mean" else 1)
+            if isinstance(loss_fn, losses.CrossEntropyLoss):
+                correct += int((out.argmax(1) == yb).sum())
+    finally:
+        model.train(was_training)
+    result = {"loss": total / len(x) if loss_fn.reduction == "mean" else total}
+    if isinstance(loss_fn, losses.CrossEntropyLoss):
+        result["accuracy"] = correct / len(x)
+    return result

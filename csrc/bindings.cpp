@@ -292,33 +292,76 @@ py::array softmax_backward_entry(const py::handle& dy_obj, const py::handle& y_o
 }
 
 // ---------------------------------------------------------------- linear
+// The checks of a linear forward, shared by the CPU and CUDA entries: x (B,IN), weight (OUT,IN), bias (OUT) or None.
+struct LinearForwardArgs {
+  DType dt;
+  py::array x, w;
+  std::optional<py::array> b;
+  Activation act;
+  int64_t B, IN, OUT;
+};
+LinearForwardArgs checked_linear_forward_args(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
+                                              const std::string& activation, double slope) {
+  LinearForwardArgs r;
+  r.x = float_input(x_obj, "x", &r.dt);
+  r.w = float_input_like(w_obj, "weight", r.dt, "x");
+  check_ndim(r.x, "x", 2);
+  check_ndim(r.w, "weight", 2);
+  r.B = r.x.shape(0), r.IN = r.x.shape(1), r.OUT = r.w.shape(0);
+  if (r.w.shape(1) != r.IN)
+    throw py::value_error(cat("weight must have shape (out_features, ", r.IN, ") to match x of shape ", shape_str(r.x), ", got ", shape_str(r.w)));
+  if (!b_obj.is_none()) {
+    r.b = float_input_like(b_obj, "bias", r.dt, "x");
+    check_shape(*r.b, "bias", {r.OUT});
+  }
+  r.act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  return r;
+}
+
 // x (B,IN), weight (OUT,IN), bias (OUT) or None -> (y, z) both (B,OUT)
 py::tuple linear_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
                                const std::string& activation, double slope) {
-  DType dt;
-  py::array x = float_input(x_obj, "x", &dt);
-  py::array w = float_input_like(w_obj, "weight", dt, "x");
-  check_ndim(x, "x", 2);
-  check_ndim(w, "weight", 2);
-  const int64_t B = x.shape(0), IN = x.shape(1), OUT = w.shape(0);
-  if (w.shape(1) != IN)
-    throw py::value_error(cat("weight must have shape (out_features, ", IN, ") to match x of shape ", shape_str(x), ", got ", shape_str(w)));
-  std::optional<py::array> b;
-  if (!b_obj.is_none()) {
-    b = float_input_like(b_obj, "bias", dt, "x");
-    check_shape(*b, "bias", {OUT});
-  }
-  const Activation act = parse_activation(activation);
-  check_finite_scalar(slope, "negative_slope");
-  return dispatch(dt, [&](auto tag) -> py::tuple {
+  const LinearForwardArgs r = checked_linear_forward_args(x_obj, w_obj, b_obj, activation, slope);
+  return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array y = empty<T>({B, OUT}), z = empty<T>({B, OUT});
+    py::array y = empty<T>({r.B, r.OUT}), z = empty<T>({r.B, r.OUT});
     {
       py::gil_scoped_release nogil;
-      linear_forward<T>(ptr<T>(y), ptr<T>(z), ptr<T>(x), ptr<T>(w), ptr_or_null<T>(b), B, IN, OUT, act, T(slope));
+      linear_forward<T>(ptr<T>(y), ptr<T>(z), ptr<T>(r.x), ptr<T>(r.w), ptr_or_null<T>(r.b), r.B, r.IN, r.OUT, r.act, T(slope));
     }
     return py::make_tuple(y, z);
   });
+}
+
+// The checks of a linear backward's inputs, shared by the CPU and CUDA entries: grad_y, z, y (B,OUT);
+// x (B,IN); weight (OUT,IN). The identity's derivative needs neither z nor y, so they may be None for it.
+struct LinearBackwardArgs {
+  DType dt;
+  py::array dy, x, w, z, y;
+  Activation act;
+  int64_t B, IN, OUT;
+};
+LinearBackwardArgs checked_linear_backward_args(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
+                                                const py::handle& z_obj, const py::handle& y_obj,
+                                                const std::string& activation, double slope) {
+  LinearBackwardArgs r;
+  r.dy = float_input(dy_obj, "grad_y", &r.dt);
+  r.x = float_input_like(x_obj, "x", r.dt, "grad_y");
+  r.w = float_input_like(w_obj, "weight", r.dt, "grad_y");
+  check_ndim(r.x, "x", 2);
+  check_ndim(r.w, "weight", 2);
+  r.B = r.x.shape(0), r.IN = r.x.shape(1), r.OUT = r.w.shape(0);
+  check_shape(r.w, "weight", {r.OUT, r.IN});
+  check_shape(r.dy, "grad_y", {r.B, r.OUT});
+  r.act = parse_activation(activation);
+  const bool need_zy = r.act != Activation::identity || !z_obj.is_none() || !y_obj.is_none();
+  r.z = need_zy ? float_input_like(z_obj, "z", r.dt, "grad_y") : r.dy;
+  r.y = need_zy ? float_input_like(y_obj, "y", r.dt, "grad_y") : r.dy;
+  check_shape(r.z, "z", {r.B, r.OUT});
+  check_shape(r.y, "y", {r.B, r.OUT});
+  check_finite_scalar(slope, "negative_slope");
+  return r;
 }
 
 // grad_y, z, y (B,OUT); x (B,IN); weight (OUT,IN) -> (grad_x | None, grad_weight, grad_bias | None)
@@ -327,23 +370,11 @@ py::tuple linear_backward_entry(const py::handle& dy_obj, const py::handle& x_ob
                                 const py::handle& z_obj, const py::handle& y_obj, const std::string& activation,
                                 double slope, bool has_bias, bool need_grad_x, const py::handle& dw_obj,
                                 const py::handle& db_obj) {
-  DType dt;
-  py::array dy = float_input(dy_obj, "grad_y", &dt);
-  py::array x = float_input_like(x_obj, "x", dt, "grad_y");
-  py::array w = float_input_like(w_obj, "weight", dt, "grad_y");
-  check_ndim(x, "x", 2);
-  check_ndim(w, "weight", 2);
-  const int64_t B = x.shape(0), IN = x.shape(1), OUT = w.shape(0);
-  check_shape(w, "weight", {OUT, IN});
-  check_shape(dy, "grad_y", {B, OUT});
-  const Activation act = parse_activation(activation);
-  // The identity's derivative needs neither z nor y, so they may be None for it.
-  const bool need_zy = act != Activation::identity || !z_obj.is_none() || !y_obj.is_none();
-  py::array z = need_zy ? float_input_like(z_obj, "z", dt, "grad_y") : dy;
-  py::array y = need_zy ? float_input_like(y_obj, "y", dt, "grad_y") : dy;
-  check_shape(z, "z", {B, OUT});
-  check_shape(y, "y", {B, OUT});
-  check_finite_scalar(slope, "negative_slope");
+  LinearBackwardArgs r = checked_linear_backward_args(dy_obj, x_obj, w_obj, z_obj, y_obj, activation, slope);
+  const DType dt = r.dt;
+  py::array &dy = r.dy, &x = r.x, &w = r.w, &z = r.z, &y = r.y;
+  const Activation act = r.act;
+  const int64_t B = r.B, IN = r.IN, OUT = r.OUT;
   if (!has_bias && !db_obj.is_none()) throw py::value_error("grad_bias was given but has_bias is False");
   return dispatch(dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
@@ -395,29 +426,42 @@ py::array checked_labels(const py::handle& obj, int64_t B, int64_t C) {
   return labels;
 }
 
+// The checks of a cross-entropy loss, shared by the CPU and CUDA entries: logits (B,C), labels (B).
+struct CrossEntropyArgs {
+  DType dt;
+  py::array logits, labels;
+  bool mean;
+  int64_t B, C;
+};
+CrossEntropyArgs checked_cross_entropy_args(const py::handle& logits_obj, const py::handle& labels_obj,
+                                            double label_smoothing, const std::string& reduction) {
+  CrossEntropyArgs r;
+  r.logits = float_input(logits_obj, "logits", &r.dt);
+  check_ndim(r.logits, "logits", 2);
+  r.B = r.logits.shape(0), r.C = r.logits.shape(1);
+  if (r.C == 0) throw py::value_error("logits must have at least one class (shape (B, C) with C >= 1), got shape " + shape_str(r.logits));
+  r.labels = checked_labels(labels_obj, r.B, r.C);
+  check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
+  r.mean = parse_reduction(reduction);
+  if (r.mean && r.B == 0) throw py::value_error("cross_entropy_loss: an empty batch has no mean loss (logits has shape " + shape_str(r.logits) + ")");
+  return r;
+}
+
 // logits (B,C), labels (B) -> (loss, grad_logits (B,C))
 py::tuple cross_entropy_entry(const py::handle& logits_obj, const py::handle& labels_obj, double label_smoothing,
                               const std::string& reduction) {
-  DType dt;
-  py::array logits = float_input(logits_obj, "logits", &dt);
-  check_ndim(logits, "logits", 2);
-  const int64_t B = logits.shape(0), C = logits.shape(1);
-  if (C == 0) throw py::value_error("logits must have at least one class (shape (B, C) with C >= 1), got shape " + shape_str(logits));
-  py::array labels = checked_labels(labels_obj, B, C);
-  check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
-  const bool mean = parse_reduction(reduction);
-  if (mean && B == 0) throw py::value_error("cross_entropy_loss: an empty batch has no mean loss (logits has shape " + shape_str(logits) + ")");
-  return dispatch(dt, [&](auto tag) -> py::tuple {
+  const CrossEntropyArgs r = checked_cross_entropy_args(logits_obj, labels_obj, label_smoothing, reduction);
+  return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array grad = empty<T>({B, C});
+    py::array grad = empty<T>({r.B, r.C});
     double total;
     {
       py::gil_scoped_release nogil;
-      const T scale = mean ? T(1.0 / double(B)) : T(1);
-      total = cross_entropy_forward_backward<T>(ptr<T>(grad), ptr<T>(logits), static_cast<const int64_t*>(labels.data()),
-                                                B, C, T(label_smoothing), scale);
+      const T scale = r.mean ? T(1.0 / double(r.B)) : T(1);
+      total = cross_entropy_forward_backward<T>(ptr<T>(grad), ptr<T>(r.logits), static_cast<const int64_t*>(r.labels.data()),
+                                                r.B, r.C, T(label_smoothing), scale);
     }
-    return py::make_tuple(mean ? total / double(B) : total, grad);
+    return py::make_tuple(r.mean ? total / double(r.B) : total, grad);
   });
 }
 
@@ -448,15 +492,21 @@ py::tuple elementwise_loss_entry(const char* op, const char* pred_name, const py
 }
 
 // ---------------------------------------------------------------- optimizers
-// param, grad, momentum_buffer: same shape; param and momentum_buffer updated in place
-void sgd_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, double lr,
-                    double momentum, double dampening, bool nesterov, double weight_decay, int64_t step) {
+// The checks of one SGD step, shared by the CPU and CUDA entries: param, grad, momentum_buffer (when
+// momentum != 0) of one shape and dtype; param and momentum_buffer updated in place.
+struct SgdArrays {
   DType dt;
-  py::array param = float_input(param_obj, "param", &dt);
-  check_writeable(param, "param");
-  py::array grad = float_input_like(grad_obj, "grad", dt, "param");
-  check_same_shape(grad, "grad", param, "param");
-  check_no_overlap(param, "param", grad, "grad");
+  py::array param, grad;
+  std::optional<py::array> buf;
+};
+SgdArrays checked_sgd_args(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, double lr,
+                           double momentum, double dampening, bool nesterov, double weight_decay, int64_t step) {
+  SgdArrays r;
+  r.param = float_input(param_obj, "param", &r.dt);
+  check_writeable(r.param, "param");
+  r.grad = float_input_like(grad_obj, "grad", r.dt, "param");
+  check_same_shape(r.grad, "grad", r.param, "param");
+  check_no_overlap(r.param, "param", r.grad, "grad");
   check_range(lr, "lr", 0.0, INFINITY, false);
   check_range(momentum, "momentum", 0.0, INFINITY, false);
   check_range(dampening, "dampening", 0.0, INFINITY, false);
@@ -464,35 +514,46 @@ void sgd_step_entry(const py::handle& param_obj, const py::handle& grad_obj, con
   if (step < 1) throw py::value_error(cat("step must be >= 1 (it counts this update), got ", step));
   if (nesterov && (momentum <= 0 || dampening != 0))
     throw py::value_error("nesterov momentum requires momentum > 0 and dampening == 0");
-  std::optional<py::array> buf;
   if (momentum != 0) {
     if (buf_obj.is_none()) throw py::value_error("momentum_buffer is required when momentum != 0");
-    buf = float_inout_like(buf_obj, "momentum_buffer", dt, "param");
-    check_same_shape(*buf, "momentum_buffer", param, "param");
-    check_no_overlap(*buf, "momentum_buffer", param, "param");
-    check_no_overlap(*buf, "momentum_buffer", grad, "grad");
+    r.buf = float_inout_like(buf_obj, "momentum_buffer", r.dt, "param");
+    check_same_shape(*r.buf, "momentum_buffer", r.param, "param");
+    check_no_overlap(*r.buf, "momentum_buffer", r.param, "param");
+    check_no_overlap(*r.buf, "momentum_buffer", r.grad, "grad");
   }
-  dispatch(dt, [&](auto tag) {
+  return r;
+}
+
+void sgd_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, double lr,
+                    double momentum, double dampening, bool nesterov, double weight_decay, int64_t step) {
+  const SgdArrays r = checked_sgd_args(param_obj, grad_obj, buf_obj, lr, momentum, dampening, nesterov, weight_decay, step);
+  dispatch(r.dt, [&](auto tag) {
     using T = decltype(tag);
     py::gil_scoped_release nogil;
-    sgd_step<T>(ptr<T>(param), ptr_or_null<T>(buf), ptr<T>(grad), param.size(), T(lr), T(momentum), T(dampening),
+    sgd_step<T>(ptr<T>(r.param), ptr_or_null<T>(r.buf), ptr<T>(r.grad), r.param.size(), T(lr), T(momentum), T(dampening),
                 nesterov, T(weight_decay), step == 1);
   });
 }
 
-// param, grad, exp_avg, exp_avg_sq: same shape; all but grad updated in place
-void adam_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj, const py::handle& v_obj,
-                     int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled) {
+// The checks of one Adam step, shared by the CPU and CUDA entries: param, grad, exp_avg, exp_avg_sq of
+// one shape and dtype, no two sharing memory; all but grad updated in place.
+struct AdamArrays {
   DType dt;
-  py::array param = float_input(param_obj, "param", &dt);
-  check_writeable(param, "param");
-  py::array grad = float_input_like(grad_obj, "grad", dt, "param");
-  py::array m = float_inout_like(m_obj, "exp_avg", dt, "param");
-  py::array v = float_inout_like(v_obj, "exp_avg_sq", dt, "param");
-  check_same_shape(grad, "grad", param, "param");
-  check_same_shape(m, "exp_avg", param, "param");
-  check_same_shape(v, "exp_avg_sq", param, "param");
-  const std::pair<const py::array*, const char*> args[] = {{&param, "param"}, {&grad, "grad"}, {&m, "exp_avg"}, {&v, "exp_avg_sq"}};
+  py::array param, grad, m, v;
+};
+AdamArrays checked_adam_args(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj,
+                             const py::handle& v_obj, int64_t step, double lr, double beta1, double beta2, double eps,
+                             double weight_decay) {
+  AdamArrays r;
+  r.param = float_input(param_obj, "param", &r.dt);
+  check_writeable(r.param, "param");
+  r.grad = float_input_like(grad_obj, "grad", r.dt, "param");
+  r.m = float_inout_like(m_obj, "exp_avg", r.dt, "param");
+  r.v = float_inout_like(v_obj, "exp_avg_sq", r.dt, "param");
+  check_same_shape(r.grad, "grad", r.param, "param");
+  check_same_shape(r.m, "exp_avg", r.param, "param");
+  check_same_shape(r.v, "exp_avg_sq", r.param, "param");
+  const std::pair<const py::array*, const char*> args[] = {{&r.param, "param"}, {&r.grad, "grad"}, {&r.m, "exp_avg"}, {&r.v, "exp_avg_sq"}};
   for (size_t i = 0; i < 4; ++i)
     for (size_t j = i + 1; j < 4; ++j) check_no_overlap(*args[i].first, args[i].second, *args[j].first, args[j].second);
   if (step < 1) throw py::value_error(cat("step must be >= 1 (it counts this update), got ", step));
@@ -501,11 +562,17 @@ void adam_step_entry(const py::handle& param_obj, const py::handle& grad_obj, co
   check_range(beta2, "beta2", 0.0, 1.0, false);
   check_range(eps, "eps", 0.0, INFINITY, false);
   check_range(weight_decay, "weight_decay", 0.0, INFINITY, false);
-  dispatch(dt, [&](auto tag) {
+  return r;
+}
+
+void adam_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj, const py::handle& v_obj,
+                     int64_t step, double lr, double beta1, double beta2, double eps, double weight_decay, bool decoupled) {
+  const AdamArrays r = checked_adam_args(param_obj, grad_obj, m_obj, v_obj, step, lr, beta1, beta2, eps, weight_decay);
+  dispatch(r.dt, [&](auto tag) {
     using T = decltype(tag);
     py::gil_scoped_release nogil;
-    adam_step<T>(ptr<T>(param), ptr<T>(m), ptr<T>(v), ptr<T>(grad), param.size(), T(lr), T(beta1), T(beta2), T(eps),
-                 T(weight_decay), decoupled, step);
+    adam_step<T>(ptr<T>(r.param), ptr<T>(r.m), ptr<T>(r.v), ptr<T>(r.grad), r.param.size(), T(lr), T(beta1), T(beta2),
+                 T(eps), T(weight_decay), decoupled, step);
   });
 }
 

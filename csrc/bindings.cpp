@@ -27,7 +27,7 @@
 #include "optim.h"
 #include "threads.h"
 #if FUSEPROP_CUDA_COMPILED
-#include "device.h"
+#include "cuda/device.h"
 #endif
 
 namespace py = pybind11;

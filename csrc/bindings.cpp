@@ -27,7 +27,12 @@
 #include "optim.h"
 #include "threads.h"
 #if FUSEPROP_CUDA_COMPILED
+#include "cuda/activations.h"
 #include "cuda/device.h"
+#include "cuda/losses.h"
+#include "cuda/matmul.h"
+#include "cuda/memory.h"
+#include "cuda/optim.h"
 #endif
 
 namespace py = pybind11;
@@ -886,6 +891,194 @@ std::string arch_string() {
 #endif
 }
 
+#if FUSEPROP_CUDA_COMPILED
+// ---------------------------------------------------------------- CUDA: one op on the device, host arrays in and out
+// Each entry checks its arguments exactly as the CPU entry does (the same checkers), then asks for a
+// device, copies the inputs over, runs one op and copies the results back. They exist to test the
+// CUDA kernels op by op against the reference; the copies make them no faster than the CPU. float32 only.
+
+// The float32 check comes first, so a float64 array is a TypeError before the shared checks run.
+void require_f32(const py::handle& obj, const char* name) {
+  const py::array a = as_array(obj, name);
+  if (!a.dtype().equal(py::dtype::of<float>()))
+    throw py::type_error(cat(name, " must have dtype float32 (the CUDA backend is float32 only), got ", dtype_str(a)));
+}
+
+// RuntimeError "no CUDA device: <the runtime's reason>" (as fuseprop.cuda.status()) unless a device can be used.
+void require_device() {
+  const cuda::DeviceQuery q = cuda::query_devices();
+  if (q.count == 0) throw std::runtime_error("no CUDA device: " + q.status);
+}
+
+cuda::DeviceBuffer to_device(const py::array& a) {
+  cuda::DeviceBuffer d(size_t(a.nbytes()));
+  d.copy_from_host(a.data());
+  return d;
+}
+
+// a: op(a) (M,K); b: op(b) (K,N) -> (M,N)
+py::array cuda_matmul_entry(const py::handle& a_obj, const py::handle& b_obj, bool trans_a, bool trans_b, bool tf32) {
+  require_f32(a_obj, "a");
+  py::array a = float_input(a_obj, "a");
+  py::array b = float_input_like(b_obj, "b", DType::f32, "a");
+  check_ndim(a, "a", 2);
+  check_ndim(b, "b", 2);
+  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+  if (K != Kb)
+    throw py::value_error(cat("matmul: inner dimensions differ: op(a) is (", M, ", ", K, ") and op(b) is (", Kb, ", ", N, ")"));
+  py::array c = empty<float>({M, N});
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer da = to_device(a), db = to_device(b), dc(size_t(c.nbytes()));
+    cuda::matmul(dc.as<float>(), da.as<float>(), db.as<float>(), M, N, K, a.shape(1), b.shape(1), N, trans_a, trans_b,
+                 1.f, 0.f, tf32);
+    dc.copy_to_host(ptr<void>(c));
+  }
+  return c;
+}
+
+// x (B,IN), weight (OUT,IN), bias (OUT) or None -> (y, z) both (B,OUT)
+py::tuple cuda_linear_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
+                                    const std::string& activation, double slope, bool tf32) {
+  require_f32(x_obj, "x");
+  const LinearForwardArgs r = checked_linear_forward_args(x_obj, w_obj, b_obj, activation, slope);
+  py::array y = empty<float>({r.B, r.OUT}), z = empty<float>({r.B, r.OUT});
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer dx = to_device(r.x), dw = to_device(r.w), db = r.b ? to_device(*r.b) : cuda::DeviceBuffer();
+    const cuda::DeviceBuffer dy(size_t(y.nbytes())), dz(size_t(z.nbytes()));
+    cuda::linear_forward(dy.as<float>(), dz.as<float>(), dx.as<float>(), dw.as<float>(), r.b ? db.as<float>() : nullptr,
+                         r.B, r.IN, r.OUT, r.act, float(slope), tf32);
+    dy.copy_to_host(ptr<void>(y));
+    dz.copy_to_host(ptr<void>(z));
+  }
+  return py::make_tuple(y, z);
+}
+
+// grad_y, z, y (B,OUT); x (B,IN); weight (OUT,IN) -> (grad_x (B,IN), grad_weight (OUT,IN), grad_bias (OUT) | None)
+py::tuple cuda_linear_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
+                                     const py::handle& z_obj, const py::handle& y_obj, const std::string& activation,
+                                     double slope, bool has_bias, bool tf32) {
+  require_f32(dy_obj, "grad_y");
+  const LinearBackwardArgs r = checked_linear_backward_args(dy_obj, x_obj, w_obj, z_obj, y_obj, activation, slope);
+  py::array dx = empty<float>({r.B, r.IN}), dw = empty<float>({r.OUT, r.IN}), db = empty<float>({has_bias ? r.OUT : 0});
+  std::fill_n(ptr<float>(dw), r.OUT * r.IN, 0.f);  // the kernels accumulate into dw and db
+  std::fill_n(ptr<float>(db), db.size(), 0.f);
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer d_dy = to_device(r.dy), d_x = to_device(r.x), d_w = to_device(r.w), d_z = to_device(r.z),
+                             d_y = to_device(r.y), d_dw = to_device(dw), d_db = to_device(db);
+    const cuda::DeviceBuffer d_dx(size_t(dx.nbytes())),
+        workspace(r.act == Activation::identity ? 0 : size_t(r.dy.nbytes()));
+    cuda::linear_backward(d_dx.as<float>(), d_dw.as<float>(), has_bias ? d_db.as<float>() : nullptr,
+                          workspace.as<float>(), d_dy.as<float>(), d_x.as<float>(), d_w.as<float>(), d_z.as<float>(),
+                          d_y.as<float>(), r.B, r.IN, r.OUT, r.act, float(slope), tf32);
+    d_dx.copy_to_host(ptr<void>(dx));
+    d_dw.copy_to_host(ptr<void>(dw));
+    d_db.copy_to_host(ptr<void>(db));
+  }
+  return py::make_tuple(dx, dw, has_bias ? py::object(db) : py::none());
+}
+
+// x: any shape, elementwise -> y
+py::array cuda_activation_forward_entry(const py::handle& x_obj, const std::string& activation, double slope) {
+  require_f32(x_obj, "x");
+  py::array x = float_input(x_obj, "x");
+  const Activation act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  py::array y(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer dx = to_device(x), dy(size_t(y.nbytes()));
+    cuda::activation_forward(dy.as<float>(), dx.as<float>(), x.size(), act, float(slope));
+    dy.copy_to_host(ptr<void>(y));
+  }
+  return y;
+}
+
+// grad_y, x, y: same shape -> grad_x
+py::array cuda_activation_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& y_obj,
+                                         const std::string& activation, double slope) {
+  require_f32(dy_obj, "grad_y");
+  py::array dy = float_input(dy_obj, "grad_y");
+  py::array x = float_input_like(x_obj, "x", DType::f32, "grad_y");
+  py::array y = float_input_like(y_obj, "y", DType::f32, "grad_y");
+  check_same_shape(x, "x", dy, "grad_y");
+  check_same_shape(y, "y", dy, "grad_y");
+  const Activation act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  py::array dx(dy.dtype(), std::vector<py::ssize_t>(dy.shape(), dy.shape() + dy.ndim()));
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer d_dy = to_device(dy), d_x = to_device(x), d_y = to_device(y), d_dx(size_t(dx.nbytes()));
+    cuda::activation_backward(d_dx.as<float>(), d_dy.as<float>(), d_x.as<float>(), d_y.as<float>(), dy.size(), act,
+                              float(slope));
+    d_dx.copy_to_host(ptr<void>(dx));
+  }
+  return dx;
+}
+
+// logits (B,C), labels (B) -> (loss, grad_logits (B,C))
+py::tuple cuda_cross_entropy_entry(const py::handle& logits_obj, const py::handle& labels_obj, double label_smoothing,
+                                   const std::string& reduction) {
+  require_f32(logits_obj, "logits");
+  const CrossEntropyArgs r = checked_cross_entropy_args(logits_obj, labels_obj, label_smoothing, reduction);
+  py::array grad = empty<float>({r.B, r.C});
+  require_device();
+  double total = 0;
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer d_logits = to_device(r.logits), d_labels = to_device(r.labels), d_grad(size_t(grad.nbytes())),
+                             d_rows(size_t(r.B) * sizeof(double)), d_total(sizeof(double));
+    const float scale = r.mean ? float(1.0 / double(r.B)) : 1.f;
+    cuda::cross_entropy_forward_backward(d_total.as<double>(), d_grad.as<float>(), d_rows.as<double>(),
+                                         d_logits.as<float>(), d_labels.as<int64_t>(), r.B, r.C, float(label_smoothing),
+                                         scale);
+    d_grad.copy_to_host(ptr<void>(grad));
+    d_total.copy_to_host(&total);
+  }
+  return py::make_tuple(r.mean ? total / double(r.B) : total, grad);
+}
+
+// param, grad, momentum_buffer: same shape; param and momentum_buffer updated in place
+void cuda_sgd_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& buf_obj, double lr,
+                         double momentum, double dampening, bool nesterov, double weight_decay, int64_t step) {
+  require_f32(param_obj, "param");
+  const SgdArrays r = checked_sgd_args(param_obj, grad_obj, buf_obj, lr, momentum, dampening, nesterov, weight_decay, step);
+  require_device();
+  py::gil_scoped_release nogil;
+  const cuda::DeviceBuffer d_param = to_device(r.param), d_grad = to_device(r.grad),
+                           d_buf = r.buf ? to_device(*r.buf) : cuda::DeviceBuffer();
+  cuda::sgd_step(d_param.as<float>(), r.buf ? d_buf.as<float>() : nullptr, d_grad.as<float>(), r.param.size(), float(lr),
+                 float(momentum), float(dampening), nesterov, float(weight_decay), step == 1);
+  d_param.copy_to_host(ptr<void>(r.param));
+  if (r.buf) d_buf.copy_to_host(ptr<void>(*r.buf));
+}
+
+// param, grad, exp_avg, exp_avg_sq: same shape; all but grad updated in place
+void cuda_adam_step_entry(const py::handle& param_obj, const py::handle& grad_obj, const py::handle& m_obj,
+                          const py::handle& v_obj, int64_t step, double lr, double beta1, double beta2, double eps,
+                          double weight_decay, bool decoupled) {
+  require_f32(param_obj, "param");
+  const AdamArrays r = checked_adam_args(param_obj, grad_obj, m_obj, v_obj, step, lr, beta1, beta2, eps, weight_decay);
+  require_device();
+  py::gil_scoped_release nogil;
+  const cuda::DeviceBuffer d_param = to_device(r.param), d_grad = to_device(r.grad), d_m = to_device(r.m),
+                           d_v = to_device(r.v);
+  cuda::adam_step(d_param.as<float>(), d_m.as<float>(), d_v.as<float>(), d_grad.as<float>(), r.param.size(), float(lr),
+                  float(beta1), float(beta2), float(eps), float(weight_decay), decoupled, step);
+  d_param.copy_to_host(ptr<void>(r.param));
+  d_m.copy_to_host(ptr<void>(r.m));
+  d_v.copy_to_host(ptr<void>(r.v));
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -959,6 +1152,30 @@ PYBIND11_MODULE(_C, m) {
     return py::dict("name"_a = p.name, "capability"_a = py::make_tuple(p.major, p.minor),
                     "total_memory"_a = p.total_memory, "multiprocessors"_a = p.multiprocessors);
   }, "index"_a);
+  // Host arrays in and out, one op on the device: for parity tests (see the CUDA section above).
+  m.def("cuda_matmul", &cuda_matmul_entry, "a"_a, "b"_a, "trans_a"_a = false, "trans_b"_a = false, "tf32"_a = false);
+  m.def("cuda_linear_forward", &cuda_linear_forward_entry, "x"_a, "weight"_a, "bias"_a = py::none(),
+        "activation"_a = "identity", "negative_slope"_a = 0.01, "tf32"_a = false);
+  m.def("cuda_linear_backward", &cuda_linear_backward_entry, "grad_y"_a, "x"_a, "weight"_a, "z"_a, "y"_a,
+        "activation"_a = "identity", "negative_slope"_a = 0.01, "has_bias"_a = true, "tf32"_a = false);
+  m.def("cuda_activation_forward", &cuda_activation_forward_entry, "x"_a, "activation"_a, "negative_slope"_a = 0.01);
+  m.def("cuda_activation_backward", &cuda_activation_backward_entry, "grad_y"_a, "x"_a, "y"_a, "activation"_a,
+        "negative_slope"_a = 0.01);
+  m.def("cuda_cross_entropy_loss", &cuda_cross_entropy_entry, "logits"_a, "labels"_a, "label_smoothing"_a = 0.0,
+        "reduction"_a = "mean");
+  m.def("cuda_sgd_step", &cuda_sgd_step_entry, "param"_a, "grad"_a, "momentum_buffer"_a = py::none(), py::kw_only(), "lr"_a,
+        "momentum"_a = 0.0, "dampening"_a = 0.0, "nesterov"_a = false, "weight_decay"_a = 0.0, "step"_a = 1);
+  m.def("cuda_adam_step", &cuda_adam_step_entry, "param"_a, "grad"_a, "exp_avg"_a, "exp_avg_sq"_a, py::kw_only(), "step"_a,
+        "lr"_a = 1e-3, "beta1"_a = 0.9, "beta2"_a = 0.999, "eps"_a = 1e-8, "weight_decay"_a = 0.0,
+        "decoupled_weight_decay"_a = false);
+  m.def("cuda_matmul_time_ms", [](int64_t M, int64_t N, int64_t K, bool tf32, int repeats) {
+    if (M < 1 || N < 1 || K < 1 || repeats < 1)
+      throw py::value_error(cat("M, N, K and repeats must be >= 1, got ", M, ", ", N, ", ", K, ", ", repeats));
+    require_device();
+    py::gil_scoped_release nogil;
+    return cuda::matmul_time_ms(M, N, K, tf32, repeats);
+  }, "M"_a, "N"_a, "K"_a, "tf32"_a = true, "repeats"_a = 20,
+        "median device time (ms, CUDA events) of one (M,K)x(K,N) cuda_matmul on device-resident data: no host copies");
 #endif
 
   // ---- kernel selection and threads

@@ -88,3 +88,24 @@ def _set_gemm_path(path: str) -> None: ...  # "auto", "packed", "direct" or "dot
 # CUDA (only when cuda_compiled)
 def cuda_query() -> dict: ...  # {"count", "status", "runtime_version", "driver_version"}; never raises
 def cuda_device_properties(index: int) -> dict: ...  # {"name", "capability", "total_memory", "multiprocessors"}
+# Host arrays in and out, one op on the device (float32 only): parity tests of the CUDA kernels.
+# Arguments are checked as the CPU entries check them; then RuntimeError "no CUDA device: ..." without a GPU.
+def cuda_matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False,
+                tf32: bool = False) -> np.ndarray: ...  # op(a) (M,K) @ op(b) (K,N); tf32: tensor cores
+def cuda_linear_forward(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, activation: str = "identity",
+                        negative_slope: float = 0.01, tf32: bool = False) -> Tuple[np.ndarray, np.ndarray]: ...  # (y, z)
+def cuda_linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, z: Optional[np.ndarray], y: Optional[np.ndarray],
+                         activation: str = "identity", negative_slope: float = 0.01, has_bias: bool = True,
+                         tf32: bool = False) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]: ...  # (grad_x, grad_weight, grad_bias)
+def cuda_activation_forward(x: np.ndarray, activation: str, negative_slope: float = 0.01) -> np.ndarray: ...
+def cuda_activation_backward(grad_y: np.ndarray, x: np.ndarray, y: np.ndarray, activation: str,
+                             negative_slope: float = 0.01) -> np.ndarray: ...
+def cuda_cross_entropy_loss(logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0,
+                            reduction: str = "mean") -> Tuple[float, np.ndarray]: ...
+def cuda_sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional[np.ndarray] = None, *, lr: float,
+                  momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                  step: int = 1) -> None: ...
+def cuda_adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
+                   lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                   weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None: ...
+def cuda_matmul_time_ms(M: int, N: int, K: int, tf32: bool = True, repeats: int = 20) -> float: ...  # median, device-resident, no copies

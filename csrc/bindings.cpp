@@ -194,6 +194,18 @@ auto dispatch(DType dt, F&& body) {
 }
 
 // ---------------------------------------------------------------- matmul
+// a: op(a) (M,K), b: op(b) (K,N), both 2-D -> {M, N, K}; ValueError when the inner dimensions differ
+std::tuple<int64_t, int64_t, int64_t> checked_matmul_shapes(const py::array& a, const py::array& b, bool trans_a,
+                                                            bool trans_b) {
+  check_ndim(a, "a", 2);
+  check_ndim(b, "b", 2);
+  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
+  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
+  if (K != Kb)
+    throw py::value_error(cat("matmul: inner dimensions differ: op(a) is (", M, ", ", K, ") and op(b) is (", Kb, ", ", N, ")"));
+  return {M, N, K};
+}
+
 // a: op(a) (M,K); b: op(b) (K,N); c: (M,N) or None
 template <bool Reference>
 py::array matmul_entry(const py::handle& a_obj, const py::handle& b_obj, bool trans_a, bool trans_b, const py::handle& c_obj,
@@ -201,12 +213,8 @@ py::array matmul_entry(const py::handle& a_obj, const py::handle& b_obj, bool tr
   DType dt;
   py::array a = float_input(a_obj, "a", &dt);
   py::array b = float_input_like(b_obj, "b", dt, "a");
-  check_ndim(a, "a", 2);
-  check_ndim(b, "b", 2);
-  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
-  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
-  if (K != Kb)
-    throw py::value_error(cat("matmul: inner dimensions differ: op(a) is (", M, ", ", K, ") and op(b) is (", Kb, ", ", N, ")"));
+  int64_t M, N, K;  // plain variables, not a structured binding: C++17 lambdas cannot capture one
+  std::tie(M, N, K) = checked_matmul_shapes(a, b, trans_a, trans_b);
   check_finite_scalar(alpha, "alpha");
   check_finite_scalar(beta, "beta");
   return dispatch(dt, [&](auto tag) -> py::array {
@@ -921,12 +929,8 @@ py::array cuda_matmul_entry(const py::handle& a_obj, const py::handle& b_obj, bo
   require_f32(a_obj, "a");
   py::array a = float_input(a_obj, "a");
   py::array b = float_input_like(b_obj, "b", DType::f32, "a");
-  check_ndim(a, "a", 2);
-  check_ndim(b, "b", 2);
-  const int64_t M = trans_a ? a.shape(1) : a.shape(0), K = trans_a ? a.shape(0) : a.shape(1);
-  const int64_t Kb = trans_b ? b.shape(1) : b.shape(0), N = trans_b ? b.shape(0) : b.shape(1);
-  if (K != Kb)
-    throw py::value_error(cat("matmul: inner dimensions differ: op(a) is (", M, ", ", K, ") and op(b) is (", Kb, ", ", N, ")"));
+  int64_t M, N, K;  // plain variables, not a structured binding: C++17 lambdas cannot capture one
+  std::tie(M, N, K) = checked_matmul_shapes(a, b, trans_a, trans_b);
   py::array c = empty<float>({M, N});
   require_device();
   {

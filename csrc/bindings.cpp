@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <algorithm>
 #include <limits>
 #include <memory>
@@ -29,10 +30,13 @@
 #if FUSEPROP_CUDA_COMPILED
 #include "cuda/activations.h"
 #include "cuda/device.h"
+#include "cuda/gather.h"
 #include "cuda/losses.h"
 #include "cuda/matmul.h"
 #include "cuda/memory.h"
 #include "cuda/optim.h"
+#include "cuda/train_plan.h"
+#include "dlpack.h"
 #endif
 
 namespace py = pybind11;
@@ -590,6 +594,84 @@ void adam_step_entry(const py::handle& param_obj, const py::handle& grad_obj, co
 }
 
 // ---------------------------------------------------------------- the whole training step
+// ---------------------------------------------------------------- what the CPU and CUDA train plans share
+
+template <typename Kind, size_t N>
+Kind lookup_kind(const std::pair<const char*, Kind> (&table)[N], const std::string& name, const char* what) {
+  std::string names;
+  for (const auto& [n, k] : table) {
+    if (name == n) return k;
+    names += cat(names.empty() ? "" : ", ", "'", n, "'");
+  }
+  throw py::value_error(cat(what, " must be one of ", names, "; got '", name, "'"));
+}
+
+[[noreturn]] void throw_floating_point(const std::string& message) {
+  PyErr_SetString(PyExc_FloatingPointError, message.c_str());
+  throw py::error_already_set();
+}
+
+double hyper_number(const py::handle& h, const char* name, int64_t group) {
+  const double v = PyFloat_AsDouble(h.ptr());
+  if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  if (!std::isfinite(v)) throw py::value_error(cat("param group ", group, ": ", name, " must be finite, got ", v));
+  return v;
+}
+
+// hyper: one tuple per param group, (lr, momentum, dampening, nesterov, weight_decay) for SGD,
+// (lr, beta1, beta2, eps, weight_decay) for Adam / AdamW; every value checked.
+std::vector<OptimizerHyper> parse_hyper(const py::sequence& hyper, int64_t groups, bool sgd) {
+  if (int64_t(py::len(hyper)) != groups) throw py::value_error(cat("hyper must have one tuple per param group (", groups, "), got ", py::len(hyper)));
+  std::vector<OptimizerHyper> out(static_cast<size_t>(groups));
+  for (int64_t g = 0; g < groups; ++g) {
+    const py::sequence t = hyper[size_t(g)].cast<py::sequence>();
+    if (py::len(t) != 5) throw py::value_error(cat("hyper[", g, "] must have 5 entries, got ", py::len(t)));
+    OptimizerHyper& h = out[size_t(g)];
+    auto at_least_zero = [&](size_t i, const char* name, double hi = INFINITY) {
+      const double v = hyper_number(t[i], name, g);
+      if (v < 0 || v >= hi) throw py::value_error(cat("param group ", g, ": ", name, " must be in [0, ", hi, "), got ", v));
+      return v;
+    };
+    h.lr = at_least_zero(0, "lr");
+    h.weight_decay = at_least_zero(4, "weight_decay");
+    if (sgd) {
+      h.momentum = at_least_zero(1, "momentum");
+      h.dampening = at_least_zero(2, "dampening");
+      const int nesterov = PyObject_IsTrue(t[3].ptr());
+      if (nesterov < 0) throw py::error_already_set();
+      h.nesterov = nesterov == 1;
+      if (h.nesterov && (h.momentum <= 0 || h.dampening != 0))
+        throw py::value_error(cat("param group ", g, ": nesterov momentum requires momentum > 0 and dampening == 0"));
+    } else {
+      h.beta1 = at_least_zero(1, "beta1", 1.0);
+      h.beta2 = at_least_zero(2, "beta2", 1.0);
+      h.eps = at_least_zero(3, "eps");
+    }
+  }
+  return out;
+}
+
+// steps: one count per parameter (SGD: 1 on the momentum buffer's first update, else 2; Adam: this
+// update's number, from 1). Every count is checked before any slot is written.
+template <typename T>
+void apply_hyper(std::vector<ParamSlot<T>>& slots, const py::sequence& steps, const std::vector<std::string>& names,
+                 const std::vector<int64_t>& slot_group, const std::vector<OptimizerHyper>& group_hyper, bool sgd) {
+  if (py::len(steps) != names.size()) throw py::value_error(cat("steps must have one count per parameter (", names.size(), "), got ", py::len(steps)));
+  std::vector<int64_t> counts;
+  for (size_t s = 0; s < slots.size(); ++s) {
+    const int64_t step = steps[s].cast<int64_t>();
+    if (step < 1) throw py::value_error(cat("steps[", s, "] (", names[s], ") must be >= 1, got ", step));
+    const OptimizerHyper& h = group_hyper[size_t(slot_group[s])];
+    if (sgd && h.momentum != 0 && !slots[s].state_a)
+      throw py::value_error(cat(names[s], " has no momentum_buffer, but its group's momentum is ", h.momentum));
+    counts.push_back(step);
+  }
+  for (size_t s = 0; s < slots.size(); ++s) {
+    slots[s].hyper = group_hyper[size_t(slot_group[s])];
+    slots[s].step = counts[s];
+  }
+}
+
 // A TrainPlan over a model's own arrays. The constructor checks every array once (dtype, layout,
 // writeability, shapes chaining layer to layer, no two sharing memory) and keeps a reference to each,
 // so the pointers the plan holds stay valid as long as it lives. step() checks the batch, the
@@ -603,13 +685,13 @@ class TrainPlanEntry {
   //   momentum) or Adam's exp_avg; state_b: Adam's exp_avg_sq (None for SGD); group in [0, groups).
   TrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
                  const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups)
-      : groups_(groups), group_hyper_(size_t(std::max<int64_t>(groups, 0))) {
+      : groups_(groups) {
     static const std::pair<const char*, LossKind> loss_kinds[] = {
         {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
     static const std::pair<const char*, OptimizerKind> optimizer_kinds[] = {
         {"sgd", OptimizerKind::sgd}, {"adam", OptimizerKind::adam}, {"adamw", OptimizerKind::adamw}};
-    loss_ = lookup(loss_kinds, loss, "loss");
-    optimizer_ = lookup(optimizer_kinds, optimizer, "optimizer");
+    loss_ = lookup_kind(loss_kinds, loss, "loss");
+    optimizer_ = lookup_kind(optimizer_kinds, optimizer, "optimizer");
     check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
     const bool mean = parse_reduction(reduction);
     if (groups < 1) throw py::value_error(cat("groups must be >= 1, got ", groups));
@@ -726,7 +808,10 @@ class TrainPlanEntry {
         throw py::value_error(cat("target must have the same shape as ", loss_ == LossKind::mse ? "pred" : "logits",
                                   " (", B, ", ", out_features_, "), got ", shape_str(target)));
     }
-    set_hyper(hyper, steps);
+    const std::vector<OptimizerHyper> group_hyper = parse_hyper(hyper, groups_, optimizer_ == OptimizerKind::sgd);
+    dispatch(dtype_, [&](auto tag) {
+      apply_hyper(plan<decltype(tag)>()->params(), steps, names_, slot_group_, group_hyper, optimizer_ == OptimizerKind::sgd);
+    });
     return dispatch(dtype_, [&](auto tag) -> double {
       using T = decltype(tag);
       TrainPlan<T>& p = *plan<T>();
@@ -785,73 +870,6 @@ class TrainPlanEntry {
   double grad_norm() const { return grad_norm_; }
 
  private:
-  template <typename Kind, size_t N>
-  static Kind lookup(const std::pair<const char*, Kind> (&table)[N], const std::string& name, const char* what) {
-    std::string names;
-    for (const auto& [n, k] : table) {
-      if (name == n) return k;
-      names += cat(names.empty() ? "" : ", ", "'", n, "'");
-    }
-    throw py::value_error(cat(what, " must be one of ", names, "; got '", name, "'"));
-  }
-
-  [[noreturn]] static void throw_floating_point(const std::string& message) {
-    PyErr_SetString(PyExc_FloatingPointError, message.c_str());
-    throw py::error_already_set();
-  }
-
-  static double number(const py::handle& h, const char* name, int64_t group) {
-    const double v = PyFloat_AsDouble(h.ptr());
-    if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
-    if (!std::isfinite(v)) throw py::value_error(cat("param group ", group, ": ", name, " must be finite, got ", v));
-    return v;
-  }
-
-  // Checks every group's hyper-parameters and every step count, then hands them to the plan's slots.
-  void set_hyper(const py::sequence& hyper, const py::sequence& steps) {
-    if (int64_t(py::len(hyper)) != groups_) throw py::value_error(cat("hyper must have one tuple per param group (", groups_, "), got ", py::len(hyper)));
-    if (py::len(steps) != names_.size()) throw py::value_error(cat("steps must have one count per parameter (", names_.size(), "), got ", py::len(steps)));
-    const bool sgd = optimizer_ == OptimizerKind::sgd;
-    for (int64_t g = 0; g < groups_; ++g) {
-      const py::sequence t = hyper[size_t(g)].cast<py::sequence>();
-      if (py::len(t) != 5) throw py::value_error(cat("hyper[", g, "] must have 5 entries, got ", py::len(t)));
-      OptimizerHyper& h = group_hyper_[size_t(g)];
-      auto at_least_zero = [&](size_t i, const char* name, double hi = INFINITY) {
-        const double v = number(t[i], name, g);
-        if (v < 0 || v >= hi) throw py::value_error(cat("param group ", g, ": ", name, " must be in [0, ", hi, "), got ", v));
-        return v;
-      };
-      h.lr = at_least_zero(0, "lr");
-      h.weight_decay = at_least_zero(4, "weight_decay");
-      if (sgd) {
-        h.momentum = at_least_zero(1, "momentum");
-        h.dampening = at_least_zero(2, "dampening");
-        const int nesterov = PyObject_IsTrue(t[3].ptr());
-        if (nesterov < 0) throw py::error_already_set();
-        h.nesterov = nesterov == 1;
-        if (h.nesterov && (h.momentum <= 0 || h.dampening != 0))
-          throw py::value_error(cat("param group ", g, ": nesterov momentum requires momentum > 0 and dampening == 0"));
-      } else {
-        h.beta1 = at_least_zero(1, "beta1", 1.0);
-        h.beta2 = at_least_zero(2, "beta2", 1.0);
-        h.eps = at_least_zero(3, "eps");
-      }
-    }
-    // Written straight into the slots: step() reads them only after this has checked them all.
-    dispatch(dtype_, [&](auto tag) {
-      auto& slots = plan<decltype(tag)>()->params();
-      for (size_t s = 0; s < slots.size(); ++s) {
-        const int64_t step = steps[s].cast<int64_t>();
-        if (step < 1) throw py::value_error(cat("steps[", s, "] (", names_[s], ") must be >= 1, got ", step));
-        const OptimizerHyper& h = group_hyper_[size_t(slot_group_[s])];
-        if (sgd && h.momentum != 0 && !slots[s].state_a)
-          throw py::value_error(cat(names_[s], " has no momentum_buffer, but its group's momentum is ", h.momentum));
-        slots[s].hyper = h;
-        slots[s].step = step;
-      }
-    });
-  }
-
   template <typename T>
   std::unique_ptr<TrainPlan<T>>& plan() {
     if constexpr (std::is_same_v<T, float>) return f32_; else return f64_;
@@ -869,7 +887,6 @@ class TrainPlanEntry {
   int64_t groups_ = 1, in_features_ = 0, out_features_ = 0;
   std::vector<std::string> names_;        // per parameter, for messages
   std::vector<int64_t> slot_group_;       // per parameter, its param group
-  std::vector<OptimizerHyper> group_hyper_;
   std::vector<py::object> keep_alive_;    // every array the plan points into
   bool busy_ = false;                     // a step() runs (without the GIL): a second one must not start
   bool updated_ = false;                  // the last step() wrote the update (it may have raised after it)
@@ -1083,6 +1100,599 @@ void cuda_adam_step_entry(const py::handle& param_obj, const py::handle& grad_ob
 }
 #endif
 
+#if FUSEPROP_CUDA_COMPILED
+// ---------------------------------------------------------------- CUDA: device arrays, DLPack, the device train plan
+// A DeviceArray is a C-contiguous float32 or int64 array that another object's memory backs: device
+// memory fuseprop allocated, a DLPack tensor another library lent (PyTorch, CuPy, JAX: kept alive, and
+// its deleter called, when the last view goes), or, only to test the DLPack code without a GPU, host memory.
+
+enum class ElemType { f32, i64 };
+
+size_t elem_size(ElemType t) { return t == ElemType::f32 ? 4 : 8; }
+const char* elem_name(ElemType t) { return t == ElemType::f32 ? "float32" : "int64"; }
+
+struct Storage {
+  int32_t device_type = dlpack::kDLCUDA;
+  int32_t device_id = 0;
+  cuda::DeviceBuffer device;                            // fuseprop's own device memory
+  std::vector<unsigned char> host;                       // the host-memory test arrays
+  dlpack::DLManagedTensor* legacy = nullptr;             // a tensor lent through DLPack ...
+  dlpack::DLManagedTensorVersioned* versioned = nullptr; // ... (one of the two)
+  Storage() = default;
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  ~Storage() {
+    if (legacy && legacy->deleter) legacy->deleter(legacy);
+    if (versioned && versioned->deleter) versioned->deleter(versioned);
+  }
+};
+
+struct DeviceArray {
+  std::shared_ptr<Storage> storage;
+  unsigned char* data = nullptr;
+  std::vector<int64_t> shape;
+  ElemType type = ElemType::f32;
+  bool readonly = false;
+
+  int64_t size() const {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    return n;
+  }
+  size_t nbytes() const { return size_t(size()) * elem_size(type); }
+  bool on_cuda() const { return storage->device_type == dlpack::kDLCUDA; }
+  std::string device() const { return on_cuda() ? cat("cuda:", storage->device_id) : std::string("cpu"); }
+  template <typename T>
+  T* as() const { return reinterpret_cast<T*>(data); }
+};
+
+bool is_device_array(const py::handle& obj) { return py::isinstance<DeviceArray>(obj); }
+
+ElemType elem_type_of(const py::array& a, const char* name) {
+  if (a.dtype().equal(py::dtype::of<float>())) return ElemType::f32;
+  if (a.dtype().equal(py::dtype::of<int64_t>())) return ElemType::i64;
+  throw py::type_error(cat(name, " must have dtype float32 or int64 (the CUDA backend's types), got ", dtype_str(a),
+                           ": convert it first, e.g. x.astype(np.float32)"));
+}
+
+ElemType parse_elem_type(const py::handle& dtype) {
+  const py::dtype dt = py::dtype::from_args(py::reinterpret_borrow<py::object>(dtype));
+  if (dt.equal(py::dtype::of<float>())) return ElemType::f32;
+  if (dt.equal(py::dtype::of<int64_t>())) return ElemType::i64;
+  throw py::type_error(cat("dtype must be float32 or int64, got ", py::str(dt).cast<std::string>()));
+}
+
+std::shared_ptr<DeviceArray> device_empty(const std::vector<int64_t>& shape, ElemType type) {
+  for (int64_t d : shape)
+    if (d < 0) throw py::value_error(cat("shape must not have negative dimensions, got ", dims_str(shape)));
+  auto a = std::make_shared<DeviceArray>();
+  a->storage = std::make_shared<Storage>();
+  a->storage->device_id = cuda::current_device();
+  a->shape = shape;
+  a->type = type;
+  a->storage->device = cuda::DeviceBuffer(a->nbytes());
+  a->data = a->storage->device.as<unsigned char>();
+  return a;
+}
+
+// A host ndarray of float32 or int64, copied to the device through pinned staging.
+std::shared_ptr<DeviceArray> device_from_numpy(const py::handle& obj, const char* name) {
+  const py::array a = as_array(obj, name);
+  const ElemType type = elem_type_of(a, name);
+  check_layout(a, name);
+  require_device();
+  auto d = device_empty(std::vector<int64_t>(a.shape(), a.shape() + a.ndim()), type);
+  py::gil_scoped_release nogil;
+  cuda::copy_to_device_staged(d->data, a.data(), d->nbytes());
+  return d;
+}
+
+// The host-memory DeviceArray (a copy of a), for the DLPack tests that run without a GPU.
+std::shared_ptr<DeviceArray> host_array_for_tests(const py::handle& obj) {
+  const py::array a = as_array(obj, "a");
+  const ElemType type = elem_type_of(a, "a");
+  check_layout(a, "a");
+  auto d = std::make_shared<DeviceArray>();
+  d->storage = std::make_shared<Storage>();
+  d->storage->device_type = dlpack::kDLCPU;
+  d->shape.assign(a.shape(), a.shape() + a.ndim());
+  d->type = type;
+  d->storage->host.resize(std::max<size_t>(d->nbytes(), 1));
+  std::memcpy(d->storage->host.data(), a.data(), d->nbytes());
+  d->data = d->storage->host.data();
+  return d;
+}
+
+py::array device_to_numpy(const DeviceArray& a) {
+  py::array out = a.type == ElemType::f32 ? py::array(py::dtype::of<float>(), a.shape) : py::array(py::dtype::of<int64_t>(), a.shape);
+  if (a.on_cuda()) {
+    py::gil_scoped_release nogil;
+    cuda::copy_to_host(const_cast<void*>(out.data()), a.data, a.nbytes());
+  } else if (a.nbytes()) {
+    std::memcpy(const_cast<void*>(out.data()), a.data, a.nbytes());
+  }
+  return out;
+}
+
+void check_writable_device(const DeviceArray& a, const char* name) {
+  if (a.readonly) throw py::value_error(cat(name, " is written in place, so it must be writeable; got a read-only DLPack array"));
+}
+
+// a.copy_(src): src an ndarray or a DeviceArray of a's shape and dtype, copied into a's memory.
+void device_copy_from(DeviceArray& a, const py::handle& src) {
+  check_writable_device(a, "the array");
+  if (is_device_array(src)) {
+    const DeviceArray& s = src.cast<const DeviceArray&>();
+    if (s.type != a.type) throw py::type_error(cat("src must have dtype ", elem_name(a.type), ", got ", elem_name(s.type)));
+    if (s.shape != a.shape) throw py::value_error(cat("src must have shape ", dims_str(a.shape), ", got ", dims_str(s.shape)));
+    if (s.on_cuda() != a.on_cuda()) throw py::value_error(cat("src is on ", s.device(), ", the array on ", a.device()));
+    if (a.on_cuda()) cuda::copy_device_to_device(a.data, s.data, a.nbytes());
+    else if (a.nbytes()) std::memmove(a.data, s.data, a.nbytes());
+    return;
+  }
+  const py::array h = as_array(src, "src");
+  if (elem_type_of(h, "src") != a.type) throw py::type_error(cat("src must have dtype ", elem_name(a.type), ", got ", dtype_str(h)));
+  check_layout(h, "src");
+  const std::vector<int64_t> shape(h.shape(), h.shape() + h.ndim());
+  if (shape != a.shape) throw py::value_error(cat("src must have shape ", dims_str(a.shape), ", got ", shape_str(h)));
+  if (a.on_cuda()) {
+    py::gil_scoped_release nogil;
+    cuda::copy_to_device_staged(a.data, h.data(), a.nbytes());
+  } else if (a.nbytes()) {
+    std::memcpy(a.data, h.data(), a.nbytes());
+  }
+}
+
+// ---- DLPack export: the capsule owns a context that keeps the storage alive until the consumer's deleter.
+template <typename Managed>
+struct ExportContext {
+  std::shared_ptr<Storage> storage;
+  std::vector<int64_t> shape;
+  Managed managed{};
+};
+
+dlpack::DLTensor describe(const DeviceArray& a, int64_t* shape) {
+  dlpack::DLTensor t{};
+  t.data = a.data;
+  t.device = {a.storage->device_type, a.storage->device_type == dlpack::kDLCPU ? 0 : a.storage->device_id};
+  t.ndim = int32_t(a.shape.size());
+  t.dtype = a.type == ElemType::f32 ? dlpack::DLDataType{dlpack::kDLFloat, 32, 1} : dlpack::DLDataType{dlpack::kDLInt, 64, 1};
+  t.shape = shape;
+  t.strides = nullptr;  // compact row-major
+  t.byte_offset = 0;
+  return t;
+}
+
+template <typename Managed>
+void capsule_destructor(PyObject* capsule, const char* name) {
+  // A capsule the consumer took is renamed "used_..."; only an unused one still owns the tensor.
+  if (!PyCapsule_IsValid(capsule, name)) return;
+  PyObject *type, *value, *traceback;
+  PyErr_Fetch(&type, &value, &traceback);
+  auto* m = static_cast<Managed*>(PyCapsule_GetPointer(capsule, name));
+  if (m && m->deleter) m->deleter(m);
+  PyErr_Restore(type, value, traceback);
+}
+
+py::capsule export_dlpack(const DeviceArray& a, bool versioned) {
+  if (versioned) {
+    using Ctx = ExportContext<dlpack::DLManagedTensorVersioned>;
+    auto* ctx = new Ctx{a.storage, a.shape, {}};
+    auto& m = ctx->managed;
+    m.version = {dlpack::kVersionMajor, dlpack::kVersionMinor};
+    m.manager_ctx = ctx;
+    m.deleter = [](dlpack::DLManagedTensorVersioned* self) { delete static_cast<Ctx*>(self->manager_ctx); };
+    m.flags = a.readonly ? dlpack::kFlagReadOnly : 0;
+    m.dl_tensor = describe(a, ctx->shape.data());
+    PyObject* cap = PyCapsule_New(&m, "dltensor_versioned", [](PyObject* c) {
+      capsule_destructor<dlpack::DLManagedTensorVersioned>(c, "dltensor_versioned");
+    });
+    if (!cap) {
+      delete ctx;
+      throw py::error_already_set();
+    }
+    return py::reinterpret_steal<py::capsule>(cap);
+  }
+  using Ctx = ExportContext<dlpack::DLManagedTensor>;
+  auto* ctx = new Ctx{a.storage, a.shape, {}};
+  auto& m = ctx->managed;
+  m.manager_ctx = ctx;
+  m.deleter = [](dlpack::DLManagedTensor* self) { delete static_cast<Ctx*>(self->manager_ctx); };
+  m.dl_tensor = describe(a, ctx->shape.data());
+  PyObject* cap = PyCapsule_New(&m, "dltensor", [](PyObject* c) { capsule_destructor<dlpack::DLManagedTensor>(c, "dltensor"); });
+  if (!cap) {
+    delete ctx;
+    throw py::error_already_set();
+  }
+  return py::reinterpret_steal<py::capsule>(cap);
+}
+
+// a.__dlpack__(stream=None, max_version=None, dl_device=None, copy=None), as the Python array API says.
+py::capsule device_dlpack(const DeviceArray& a, const py::object& stream, const py::object& max_version,
+                          const py::object& dl_device, const py::object& copy) {
+  if (!dl_device.is_none()) {
+    const auto dev = dl_device.cast<std::pair<int32_t, int32_t>>();
+    const int32_t id = a.on_cuda() ? a.storage->device_id : 0;
+    if (dev.first != a.storage->device_type || dev.second != id) {
+      PyErr_SetString(PyExc_BufferError, cat("this array is on ", a.device(), "; it cannot be exported to DLPack device (",
+                                             dev.first, ", ", dev.second, ") without a copy to that device").c_str());
+      throw py::error_already_set();
+    }
+  }
+  if (a.on_cuda()) {
+    // Our kernels run on the legacy default stream. Waiting for the device makes the data ready for
+    // whatever stream the consumer names; stream -1 asks for no synchronisation at all.
+    if (stream.is_none() || stream.cast<int64_t>() != -1) {
+      py::gil_scoped_release nogil;
+      cuda::synchronize();
+    }
+  } else if (!stream.is_none()) {
+    throw py::value_error(cat("stream must be None for an array on the CPU, got ", py::repr(stream).cast<std::string>()));
+  }
+  const bool versioned = !max_version.is_none() && max_version.cast<std::pair<int, int>>().first >= 1;
+  if (!copy.is_none() && copy.cast<bool>()) {
+    // A copy the consumer owns alone.
+    auto c = a.on_cuda() ? device_empty(a.shape, a.type) : host_array_for_tests(device_to_numpy(a));
+    if (a.on_cuda()) {
+      cuda::copy_device_to_device(c->data, a.data, a.nbytes());
+      py::gil_scoped_release nogil;
+      cuda::synchronize();
+    }
+    return export_dlpack(*c, versioned);
+  }
+  return export_dlpack(a, versioned);
+}
+
+// ---- DLPack import: zero copy; the producer's deleter runs when the last view of the memory goes.
+std::shared_ptr<DeviceArray> import_dlpack(const py::handle& obj, bool allow_cpu) {
+  if (!py::hasattr(obj, "__dlpack__") || !py::hasattr(obj, "__dlpack_device__"))
+    throw py::type_error(cat("expected an array with __dlpack__ and __dlpack_device__ (a DLPack array), got ",
+                             py::str(py::type::of(obj).attr("__name__")).cast<std::string>()));
+  const auto dev = obj.attr("__dlpack_device__")().cast<std::pair<int32_t, int32_t>>();
+  const bool cuda_array = dev.first == dlpack::kDLCUDA;
+  if (!cuda_array && !(allow_cpu && dev.first == dlpack::kDLCPU))
+    throw py::value_error(cat("expected a CUDA array (DLPack device type ", int(dlpack::kDLCUDA), "), got device type ", dev.first,
+                              dev.first == dlpack::kDLCPU ? " (CPU): pass it as a NumPy array instead" : ""));
+  if (cuda_array) {
+    require_device();
+    if (dev.second != cuda::current_device())
+      throw py::value_error(cat("the array is on cuda:", dev.second, "; fuseprop runs on cuda:", cuda::current_device()));
+  }
+  // Stream 1 is the legacy default stream, the one our kernels use: the producer makes the data ready there.
+  using namespace pybind11::literals;
+  const py::object stream = cuda_array ? py::object(py::int_(1)) : py::object(py::none());
+  py::object cap;
+  try {
+    cap = obj.attr("__dlpack__")("stream"_a = stream, "max_version"_a = py::make_tuple(1, 0));
+  } catch (py::error_already_set& e) {
+    if (!e.matches(PyExc_TypeError)) throw;
+    cap = obj.attr("__dlpack__")("stream"_a = stream);  // a producer older than DLPack 1.0
+  }
+  PyObject* c = cap.ptr();
+  auto a = std::make_shared<DeviceArray>();
+  a->storage = std::make_shared<Storage>();
+  const dlpack::DLTensor* t = nullptr;
+  const bool versioned = PyCapsule_IsValid(c, "dltensor_versioned");
+  dlpack::DLManagedTensorVersioned* mv = nullptr;
+  dlpack::DLManagedTensor* ml = nullptr;
+  if (versioned) {
+    mv = static_cast<dlpack::DLManagedTensorVersioned*>(PyCapsule_GetPointer(c, "dltensor_versioned"));
+    if (mv->version.major != dlpack::kVersionMajor)
+      throw py::value_error(cat("the array speaks DLPack ", mv->version.major, ".", mv->version.minor, "; fuseprop reads 1.x"));
+    t = &mv->dl_tensor;
+    a->readonly = (mv->flags & dlpack::kFlagReadOnly) != 0;
+  } else if (PyCapsule_IsValid(c, "dltensor")) {
+    ml = static_cast<dlpack::DLManagedTensor*>(PyCapsule_GetPointer(c, "dltensor"));
+    t = &ml->dl_tensor;
+  } else {
+    throw py::type_error("__dlpack__ returned something other than an unused DLPack capsule");
+  }
+  // Until the capsule is renamed below, it still owns the tensor: a refused one is freed with it.
+  if (t->device.device_type != dev.first || t->device.device_id != dev.second)
+    throw py::value_error("the DLPack capsule's device differs from __dlpack_device__");
+  const dlpack::DLDataType dt = t->dtype;
+  if (dt.lanes == 1 && dt.code == dlpack::kDLFloat && dt.bits == 32) a->type = ElemType::f32;
+  else if (dt.lanes == 1 && dt.code == dlpack::kDLInt && dt.bits == 64) a->type = ElemType::i64;
+  else throw py::type_error(cat("expected a float32 or int64 array, got DLPack dtype (code ", int(dt.code), ", bits ", int(dt.bits),
+                                ", lanes ", dt.lanes, "): convert it first"));
+  if (t->ndim < 0) throw py::value_error("the DLPack tensor has a negative ndim");
+  a->shape.assign(t->shape, t->shape + t->ndim);
+  if (t->strides) {  // compact row-major is required; a dimension of size 1 may have any stride
+    int64_t expected = 1;
+    for (int32_t i = t->ndim - 1; i >= 0; --i) {
+      if (a->shape[size_t(i)] != 1 && t->strides[i] != expected)
+        throw py::value_error(cat("the array must be C-contiguous (row-major, unit stride); got shape ", dims_str(a->shape),
+                                  " with strides ", dims_str(std::vector<int64_t>(t->strides, t->strides + t->ndim)),
+                                  ": make it contiguous first (e.g. .contiguous())"));
+      expected *= a->shape[size_t(i)];
+    }
+  }
+  a->data = static_cast<unsigned char*>(t->data) + t->byte_offset;
+  if (reinterpret_cast<uintptr_t>(a->data) % elem_size(a->type) != 0) throw py::value_error("the array's data is not aligned to its dtype");
+  a->storage->device_type = dev.first;
+  a->storage->device_id = dev.second;
+  // Take it: from here the storage calls the deleter.
+  if (PyCapsule_SetName(c, versioned ? "used_dltensor_versioned" : "used_dltensor") != 0) throw py::error_already_set();
+  if (versioned) a->storage->versioned = mv;
+  else a->storage->legacy = ml;
+  return a;
+}
+
+// ---- the device train plan over DeviceArrays
+
+const DeviceArray& cuda_array_arg(const py::handle& obj, const char* name, ElemType type) {
+  if (!is_device_array(obj))
+    throw py::type_error(cat(name, " must be a fuseprop DeviceArray, got ", py::str(py::type::of(obj).attr("__name__")).cast<std::string>()));
+  const DeviceArray& a = obj.cast<const DeviceArray&>();
+  if (!a.on_cuda()) throw py::value_error(cat(name, " must be on a CUDA device, got one on ", a.device()));
+  if (a.type != type) throw py::type_error(cat(name, " must have dtype ", elem_name(type), ", got ", elem_name(a.type)));
+  return a;
+}
+
+class CudaTrainPlanEntry {
+ public:
+  // As TrainPlan (above), with DeviceArrays for data, grad and state; float32 only.
+  CudaTrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
+                     const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups,
+                     bool tf32)
+      : groups_(groups) {
+    static const std::pair<const char*, LossKind> loss_kinds[] = {
+        {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
+    static const std::pair<const char*, OptimizerKind> optimizer_kinds[] = {
+        {"sgd", OptimizerKind::sgd}, {"adam", OptimizerKind::adam}, {"adamw", OptimizerKind::adamw}};
+    loss_ = lookup_kind(loss_kinds, loss, "loss");
+    optimizer_ = lookup_kind(optimizer_kinds, optimizer, "optimizer");
+    check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
+    const bool mean = parse_reduction(reduction);
+    if (groups < 1) throw py::value_error(cat("groups must be >= 1, got ", groups));
+    if (py::len(layers) == 0) throw py::value_error("a TrainPlan needs at least one layer");
+    const bool adam = optimizer_ != OptimizerKind::sgd;
+    std::vector<ParamSlot<float>> slots;
+    std::vector<std::vector<int64_t>> shapes;
+    std::vector<std::pair<const unsigned char*, size_t>> spans;  // for the overlap check
+    std::vector<std::string> span_names;
+    for (const py::handle item : params) {
+      const py::tuple entry = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+      if (entry.size() != 6) throw py::value_error("each params entry must be (name, data, grad, state_a, state_b, group)");
+      const std::string name = entry[0].cast<std::string>(), grad_name = name + ".grad";
+      const DeviceArray& data = cuda_array_arg(entry[1], name.c_str(), ElemType::f32);
+      const DeviceArray& grad = cuda_array_arg(entry[2], grad_name.c_str(), ElemType::f32);
+      auto same_shape = [&](const DeviceArray& a, const std::string& what) {
+        check_writable_device(a, what.c_str());
+        if (a.shape != data.shape)
+          throw py::value_error(cat(what, " must have the same shape as ", name, " ", dims_str(data.shape), ", got ", dims_str(a.shape)));
+        spans.emplace_back(a.data, a.nbytes());
+        span_names.push_back(what);
+      };
+      same_shape(data, name);
+      same_shape(grad, grad_name);
+      auto state = [&](const py::handle obj, const char* key, bool required) -> float* {
+        const std::string state_name = cat("state '", key, "' of ", name);
+        if (obj.is_none()) {
+          if (required) throw py::value_error(cat(state_name, " is required"));
+          return nullptr;
+        }
+        const DeviceArray& s = cuda_array_arg(obj, state_name.c_str(), ElemType::f32);
+        same_shape(s, state_name);
+        return s.as<float>();
+      };
+      float* a = state(entry[3], adam ? "exp_avg" : "momentum_buffer", adam);
+      if (!adam && !entry[4].is_none()) throw py::value_error(cat("SGD keeps one state array per parameter: state_b of ", name, " must be None"));
+      float* b = state(entry[4], "exp_avg_sq", adam);
+      const int64_t group = entry[5].cast<int64_t>();
+      if (group < 0 || group >= groups) throw py::value_error(cat("the group of ", name, " must be in [0, ", groups, "), got ", group));
+      slots.push_back({data.as<float>(), grad.as<float>(), a, b, data.size(), OptimizerHyper{}, 1});
+      shapes.push_back(data.shape);
+      names_.push_back(name);
+      slot_group_.push_back(group);
+      for (int k = 1; k <= 4; ++k) keep_alive_.push_back(entry[k]);
+    }
+    for (size_t i = 0; i < spans.size(); ++i)
+      for (size_t j = i + 1; j < spans.size(); ++j) {
+        const auto [p, n] = spans[i];
+        const auto [q, m] = spans[j];
+        if (n && m && p < q + m && q < p + n)
+          throw py::value_error(cat(span_names[i], " and ", span_names[j], " share memory; each must have its own"));
+      }
+    std::vector<DenseLayer<float>> dense;
+    size_t next = 0;
+    for (const py::handle item : layers) {
+      const py::tuple layer = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+      if (layer.size() != 3) throw py::value_error("each layers entry must be (activation, negative_slope, has_bias)");
+      const Activation act = parse_activation(layer[0].cast<std::string>());
+      const double slope = layer[1].cast<double>();
+      check_finite_scalar(slope, "negative_slope");
+      const bool has_bias = layer[2].cast<bool>();
+      if (next + (has_bias ? 2 : 1) > slots.size())
+        throw py::value_error(cat("params has ", slots.size(), " entries, fewer than the layers' weights and biases"));
+      const size_t w = next++;
+      const auto& ws = shapes[w];
+      if (ws.size() != 2 || ws[0] < 1 || ws[1] < 1)
+        throw py::value_error(cat(names_[w], " must be 2-D with at least one row and one column, got shape ", dims_str(ws)));
+      if (!dense.empty() && ws[1] != out_features_)
+        throw py::value_error(cat(names_[w], " has shape ", dims_str(ws), ": its in_features must be ", out_features_,
+                                  ", the out_features of the layer before"));
+      if (dense.empty()) in_features_ = ws[1];
+      out_features_ = ws[0];
+      float *b = nullptr, *db = nullptr;
+      if (has_bias) {
+        const size_t bi = next++;
+        if (shapes[bi] != std::vector<int64_t>{out_features_})
+          throw py::value_error(cat(names_[bi], " must have shape (", out_features_, ",), got ", dims_str(shapes[bi])));
+        b = slots[bi].param, db = slots[bi].grad;
+      }
+      dense.push_back({slots[w].param, b, slots[w].grad, db, ws[1], ws[0], act, float(slope)});
+    }
+    if (next != slots.size()) throw py::value_error(cat("params has ", slots.size(), " entries; the layers take ", next));
+    require_device();
+    plan_ = std::make_unique<cuda::TrainPlan>(std::move(dense), std::move(slots), LossSpec{loss_, label_smoothing, mean},
+                                              optimizer_, tf32);
+  }
+
+  // x: (B, IN) float32, a DeviceArray on the GPU or an ndarray (staged over); target: labels (B,) int64
+  // for cross-entropy, else (B, OUT) float32, either kind. Returns the loss; raises as TrainPlan.step.
+  double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps,
+              double max_grad_norm) {
+    if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
+    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, in_features_}));
+    const int64_t B = batch_;
+    const bool labels = loss_ == LossKind::cross_entropy;
+    const void* target = labels ? input(target_obj, "labels", t_stage_, ElemType::i64, {B})
+                                : input(target_obj, "target", t_stage_, ElemType::f32, {B, out_features_});
+    const bool sgd = optimizer_ == OptimizerKind::sgd;
+    apply_hyper(plan_->params(), steps, names_, slot_group_, parse_hyper(hyper, groups_, sgd), sgd);
+    StepResult result;
+    busy_ = true;
+    updated_ = false;
+    try {
+      py::gil_scoped_release nogil;
+      result = plan_->step(x, labels ? static_cast<const int64_t*>(target) : nullptr,
+                           labels ? nullptr : static_cast<const float*>(target), B, max_grad_norm);
+    } catch (...) {
+      busy_ = false;
+      throw;
+    }
+    busy_ = false;
+    if (plan_->bad_label() != ~0ull) {
+      int64_t v = 0;
+      cuda::copy_to_host(&v, static_cast<const int64_t*>(target) + plan_->bad_label(), sizeof v);
+      throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_, " classes; labels[",
+                                plan_->bad_label(), "] is ", v, " (the weights were not updated)"));
+    }
+    updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
+    correct_ = result.correct;
+    grad_norm_ = result.grad_norm;
+    switch (result.status) {
+      case StepStatus::ok:
+        break;
+      case StepStatus::loss_not_finite:
+        throw_floating_point(cat("the loss is ", py::repr(py::float_(result.loss)).cast<std::string>(), "; the weights were not updated"));
+      case StepStatus::grad_not_finite:
+        throw_floating_point(cat("the gradient of ", names_[result.slot], " is not finite; the weights were not updated"));
+      case StepStatus::param_not_finite:
+        throw_floating_point(cat("the optimizer update made ", names_[result.slot], " non-finite (is the learning rate too "
+                                 "large?); the weights were overwritten: reload them from a checkpoint"));
+    }
+    return result.loss;
+  }
+
+  // x (B, IN) -> a new DeviceArray (B, OUT): the network's output.
+  std::shared_ptr<DeviceArray> forward(const py::handle& x_obj) {
+    if (busy_) throw std::runtime_error("TrainPlan.step is running in another thread");
+    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, in_features_}));
+    auto out = device_empty({batch_, out_features_}, ElemType::f32);
+    py::gil_scoped_release nogil;
+    plan_->forward(out->as<float>(), x, batch_);
+    return out;
+  }
+
+  int64_t allocations() const { return plan_->allocations(); }
+  int64_t capacity() const { return plan_->capacity(); }
+  int64_t steps() const { return plan_->steps(); }
+  bool fused() const { return plan_->fused(); }
+  bool updated() const { return updated_; }
+  int64_t correct() const { return correct_; }
+  double grad_norm() const { return grad_norm_; }
+
+ private:
+  // A device pointer to obj's data: a CUDA DeviceArray as it is, an ndarray staged into `stage`.
+  // dims: the expected shape, -1 for the batch (which sets batch_, and must not be 0).
+  const void* input(const py::handle& obj, const char* name, cuda::DeviceBuffer& stage, ElemType type,
+                    std::vector<int64_t> dims) {
+    std::vector<int64_t> shape;
+    const void* host = nullptr;
+    const DeviceArray* dev = nullptr;
+    if (is_device_array(obj)) {
+      dev = &cuda_array_arg(obj, name, type);
+      shape = dev->shape;
+    } else {
+      const py::array a = as_array(obj, name);
+      if (elem_type_of(a, name) != type)
+        throw py::type_error(cat(name, " must have dtype ", elem_name(type), ", got ", dtype_str(a)));
+      check_layout(a, name);
+      shape.assign(a.shape(), a.shape() + a.ndim());
+      host = a.data();
+      stage_keep_ = a;
+    }
+    if (dims[0] == -1) {
+      if (shape.size() != dims.size() || shape[1] != dims[1])
+        throw py::value_error(cat(name, " must have shape (B, ", dims[1], "), got ", dims_str(shape)));
+      if (shape[0] == 0) throw py::value_error(cat("train_step needs a non-empty batch, got ", name, " of shape ", dims_str(shape)));
+      batch_ = dims[0] = shape[0];
+    }
+    if (shape != dims) throw py::value_error(cat(name, " must have shape ", dims_str(dims), ", got ", dims_str(shape)));
+    if (type == ElemType::i64 && host) {  // labels from the host are checked here, before they go over
+      const int64_t* l = static_cast<const int64_t*>(host);
+      for (int64_t i = 0; i < dims[0]; ++i)
+        if (l[i] < 0 || l[i] >= out_features_)
+          throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_,
+                                    " classes; labels[", i, "] is ", l[i]));
+    }
+    if (dev) return dev->data;
+    size_t bytes = 1;
+    for (int64_t d : dims) bytes *= size_t(d);
+    bytes *= elem_size(type);
+    require_device();
+    if (stage.bytes() < bytes) stage = cuda::DeviceBuffer(bytes);
+    py::gil_scoped_release nogil;
+    cuda::copy_to_device_staged(stage.as<void>(), host, bytes);
+    return stage.as<void>();
+  }
+
+  std::unique_ptr<cuda::TrainPlan> plan_;
+  LossKind loss_ = LossKind::cross_entropy;
+  OptimizerKind optimizer_ = OptimizerKind::sgd;
+  int64_t groups_ = 1, in_features_ = 0, out_features_ = 0, batch_ = 0;
+  std::vector<std::string> names_;
+  std::vector<int64_t> slot_group_;
+  std::vector<py::object> keep_alive_;  // every DeviceArray the plan points into
+  cuda::DeviceBuffer x_stage_, t_stage_;  // host batches land here
+  py::object stage_keep_;
+  bool busy_ = false, updated_ = false;
+  double grad_norm_ = 0;
+  int64_t correct_ = 0;
+};
+
+// rows of src (N, D...) picked by index (B,) int64 in [0, N) (a host array) -> a new DeviceArray (B, D...)
+std::shared_ptr<DeviceArray> gather_rows_entry(const DeviceArray& src, const py::handle& index_obj) {
+  if (!src.on_cuda()) throw py::value_error(cat("src must be on a CUDA device, got one on ", src.device()));
+  if (src.shape.empty()) throw py::value_error("src must have at least one dimension (rows), got a 0-d array");
+  const py::array index = as_array(index_obj, "index");
+  if (!index.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error(cat("index must have dtype int64, got ", dtype_str(index)));
+  check_layout(index, "index");
+  check_ndim(index, "index", 1);
+  const int64_t B = index.shape(0), N = src.shape[0];
+  const int64_t* idx = static_cast<const int64_t*>(index.data());
+  for (int64_t i = 0; i < B; ++i)
+    if (idx[i] < 0 || idx[i] >= N) throw py::value_error(cat("index must be in [0, ", N, "); index[", i, "] is ", idx[i]));
+  std::vector<int64_t> shape = src.shape;
+  shape[0] = B;
+  auto out = device_empty(shape, src.type);
+  const int64_t D = N ? src.size() / N : 0;
+  py::gil_scoped_release nogil;
+  cuda::DeviceBuffer d_index(size_t(B) * sizeof(int64_t));
+  cuda::copy_to_device_staged(d_index.as<void>(), idx, d_index.bytes());
+  if (src.type == ElemType::f32) cuda::gather_rows(out->as<float>(), src.as<float>(), d_index.as<int64_t>(), B, D);
+  else cuda::gather_rows(out->as<int64_t>(), src.as<int64_t>(), d_index.as<int64_t>(), B, D);
+  cuda::synchronize();  // d_index is freed on return
+  return out;
+}
+
+// a[start:stop] along the first axis: a view sharing a's memory (step 1 only)
+std::shared_ptr<DeviceArray> row_slice(const DeviceArray& a, const py::slice& sl) {
+  if (a.shape.empty()) throw py::index_error("a 0-d array cannot be sliced");
+  py::ssize_t start, stop, step, len;
+  if (!sl.compute(py::ssize_t(a.shape[0]), &start, &stop, &step, &len)) throw py::error_already_set();
+  if (step != 1) throw py::value_error(cat("DeviceArray slices need step 1 (a view of whole rows), got step ", step));
+  auto v = std::make_shared<DeviceArray>(a);
+  v->shape[0] = len;
+  const size_t row = a.shape[0] ? a.nbytes() / size_t(a.shape[0]) : 0;
+  v->data = a.data + size_t(start) * row;
+  return v;
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -1180,6 +1790,75 @@ PYBIND11_MODULE(_C, m) {
     return cuda::matmul_time_ms(M, N, K, tf32, repeats);
   }, "M"_a, "N"_a, "K"_a, "tf32"_a = true, "repeats"_a = 20,
         "median device time (ms, CUDA events) of one (M,K)x(K,N) cuda_matmul on device-resident data: no host copies");
+
+  // Device arrays, DLPack and the device train plan.
+  py::class_<DeviceArray, std::shared_ptr<DeviceArray>>(m, "DeviceArray",
+      "A C-contiguous float32 or int64 array in device memory (fuseprop's, or another library's through DLPack, "
+      "without a copy). .numpy() copies it to the host; __dlpack__ hands it to torch/cupy/jax without a copy.")
+      .def_property_readonly("shape", [](const DeviceArray& a) { return py::tuple(py::cast(a.shape)); })
+      .def_property_readonly("dtype", [](const DeviceArray& a) {
+        return a.type == ElemType::f32 ? py::dtype::of<float>() : py::dtype::of<int64_t>();
+      })
+      .def_property_readonly("ndim", [](const DeviceArray& a) { return a.shape.size(); })
+      .def_property_readonly("size", &DeviceArray::size)
+      .def_property_readonly("nbytes", &DeviceArray::nbytes)
+      .def_property_readonly("device", &DeviceArray::device)
+      .def_property_readonly("readonly", [](const DeviceArray& a) { return a.readonly; })
+      .def_property_readonly("data_ptr", [](const DeviceArray& a) { return reinterpret_cast<uintptr_t>(a.data); })
+      .def("__len__", [](const DeviceArray& a) {
+        if (a.shape.empty()) throw py::type_error("len() of a 0-d DeviceArray");
+        return a.shape[0];
+      })
+      .def("__getitem__", &row_slice, "rows"_a)
+      .def("__repr__", [](const DeviceArray& a) {
+        return cat("DeviceArray(shape=", dims_str(a.shape), ", dtype=", elem_name(a.type), ", device='", a.device(), "')");
+      })
+      .def("numpy", &device_to_numpy, "a new host ndarray with the array's values (waits for the device)")
+      .def("copy_", [](DeviceArray& a, const py::handle& src) { device_copy_from(a, src); }, "src"_a,
+           "copy src (an ndarray or a DeviceArray of the same shape and dtype) into this array's memory")
+      .def("zero_", [](DeviceArray& a) {
+        check_writable_device(a, "the array");
+        if (a.on_cuda()) cuda::fill_zero(a.data, a.nbytes());
+        else if (a.nbytes()) std::memset(a.data, 0, a.nbytes());
+      })
+      .def("__dlpack__", &device_dlpack, py::kw_only(), "stream"_a = py::none(), "max_version"_a = py::none(),
+           "dl_device"_a = py::none(), "copy"_a = py::none())
+      .def("__dlpack_device__", [](const DeviceArray& a) {
+        return py::make_tuple(a.storage->device_type, a.on_cuda() ? a.storage->device_id : 0);
+      });
+  m.def("cuda_empty", [](const std::vector<int64_t>& shape, const py::handle& dtype) {
+    const ElemType t = parse_elem_type(dtype);
+    require_device();
+    return device_empty(shape, t);
+  }, "shape"_a, "dtype"_a = "float32", "an uninitialised DeviceArray");
+  m.def("cuda_to_device", [](const py::handle& a) { return device_from_numpy(a, "a"); }, "a"_a,
+        "a float32 or int64 C-contiguous ndarray copied to the device through pinned memory");
+  m.def("cuda_from_dlpack", [](const py::handle& obj) { return import_dlpack(obj, false); }, "obj"_a,
+        "a DeviceArray viewing a CUDA DLPack array's memory (no copy); the producer's memory stays alive with it");
+  m.def("_dlpack_import_any", [](const py::handle& obj) { return import_dlpack(obj, true); }, "obj"_a,
+        "as cuda_from_dlpack, but also takes CPU DLPack arrays (tests the import without a GPU)");
+  m.def("_host_array", &host_array_for_tests, "a"_a, "a DeviceArray in host memory (a copy of a): tests the DLPack export without a GPU");
+  m.def("cuda_gather_rows", &gather_rows_entry, "src"_a, "index"_a, "src[index] along the first axis, on the device");
+  m.def("cuda_synchronize", [] {
+    require_device();
+    py::gil_scoped_release nogil;
+    cuda::synchronize();
+  });
+  py::class_<CudaTrainPlanEntry>(m, "CudaTrainPlan",
+                                 "TrainPlan on the GPU: the model's parameters, gradients and optimizer state are DeviceArrays")
+      .def(py::init<const py::sequence&, const py::sequence&, const std::string&, const std::string&, double,
+                    const std::string&, int64_t, bool>(),
+           "layers"_a, "params"_a, py::kw_only(), "loss"_a, "optimizer"_a, "label_smoothing"_a = 0.0,
+           "reduction"_a = "mean", "groups"_a = 1, "tf32"_a = true)
+      .def("step", &CudaTrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0)
+      .def("forward", &CudaTrainPlanEntry::forward, "x"_a)
+      .def_property_readonly("allocations", &CudaTrainPlanEntry::allocations)
+      .def_property_readonly("capacity", &CudaTrainPlanEntry::capacity)
+      .def_property_readonly("steps", &CudaTrainPlanEntry::steps)
+      .def_property_readonly("fused", &CudaTrainPlanEntry::fused)
+      .def_property_readonly("updated", &CudaTrainPlanEntry::updated)
+      .def_property_readonly("correct", &CudaTrainPlanEntry::correct)
+      .def_property_readonly("grad_norm", &CudaTrainPlanEntry::grad_norm);
 #endif
 
   // ---- kernel selection and threads

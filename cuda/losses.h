@@ -13,4 +13,18 @@ namespace fuseprop::cuda {
 void cross_entropy_forward_backward(double* total, float* dlogits, double* row_loss, const float* logits,
                                     const int64_t* labels, int64_t B, int64_t C, float label_smoothing, float grad_scale);
 
+// logits (B,C), labels (B) -> *correct += rows whose first largest logit is at the label (numpy's argmax).
+void count_correct(int64_t* correct, const float* logits, const int64_t* labels, int64_t B, int64_t C);
+
+// pred, target, dpred (n); partial: kLossPartials doubles of workspace. total = UNREDUCED sum (pred - target)^2;
+// dpred = 2 (pred - target) * grad_scale.
+constexpr int kLossPartials = 1024;
+void mse_forward_backward(double* total, float* dpred, double* partial, const float* pred, const float* target,
+                          int64_t n, float grad_scale);
+
+// logits, target, dlogits (n): total = UNREDUCED sum max(x,0) - x t + log1p(exp(-|x|));
+// dlogits = (sigmoid(x) - t) * grad_scale
+void bce_with_logits_forward_backward(double* total, float* dlogits, double* partial, const float* logits,
+                                      const float* target, int64_t n, float grad_scale);
+
 }  // namespace fuseprop::cuda

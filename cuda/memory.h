@@ -33,4 +33,14 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// Copies between raw pointers; all on the default stream, after the work already queued there.
+// Host to device through pinned staging buffers (chunks of 8 MiB, two in flight): the host array may be
+// pageable; the call returns once the data is on the device, so the host array can change afterwards.
+void copy_to_device_staged(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);        // waits for the device
+void copy_device_to_device(void* dst, const void* src, size_t bytes);  // queued, no wait
+void fill_zero(void* dst, size_t bytes);                             // queued, no wait
+void synchronize();      // waits for everything queued on the device
+int current_device();    // the device the kernels run on (cudaGetDevice)
+
 }  // namespace fuseprop::cuda

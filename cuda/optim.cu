@@ -12,7 +12,9 @@ namespace {
 
 // param, buf, grad (n) flat, grid-stride; buf unused without momentum
 __global__ void sgd_kernel(float* param, float* buf, const float* grad, int64_t n, float lr, float momentum,
-                           float dampening, bool nesterov, float weight_decay, bool first_step) {
+                           float dampening, bool nesterov, float weight_decay, bool first_step,
+                           const int32_t* skip) {
+  if (skip && *skip) return;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float d = grad[i];
     if (weight_decay != 0.f) d += weight_decay * param[i];
@@ -28,7 +30,8 @@ __global__ void sgd_kernel(float* param, float* buf, const float* grad, int64_t 
 // param, exp_avg, exp_avg_sq, grad (n) flat, grid-stride; the scalars come from the host in double
 __global__ void adam_kernel(float* param, float* exp_avg, float* exp_avg_sq, const float* grad, int64_t n, float beta1,
                             float beta2, float eps, float weight_decay, bool decoupled, float decay, float step_size,
-                            float bias_correction2_sqrt) {
+                            float bias_correction2_sqrt, const int32_t* skip) {
+  if (skip && *skip) return;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
     float p = param[i], g = grad[i];
     if (decoupled) p *= decay;
@@ -45,15 +48,15 @@ __global__ void adam_kernel(float* param, float* exp_avg, float* exp_avg_sq, con
 }  // namespace
 
 void sgd_step(float* param, float* momentum_buffer, const float* grad, int64_t n, float lr, float momentum,
-              float dampening, bool nesterov, float weight_decay, bool first_step) {
+              float dampening, bool nesterov, float weight_decay, bool first_step, const int32_t* skip) {
   if (n == 0) return;
   sgd_kernel<<<grid_1d(n), kThreads>>>(param, momentum_buffer, grad, n, lr, momentum, dampening, nesterov, weight_decay,
-                                       first_step);
+                                       first_step, skip);
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 
 void adam_step(float* param, float* exp_avg, float* exp_avg_sq, const float* grad, int64_t n, float lr, float beta1,
-               float beta2, float eps, float weight_decay, bool decoupled_weight_decay, int64_t step) {
+               float beta2, float eps, float weight_decay, bool decoupled_weight_decay, int64_t step, const int32_t* skip) {
   if (n == 0) return;
   // Scalars in double, as PyTorch computes them in Python floats (and as csrc/optim.cpp).
   const double bias_correction1 = 1.0 - std::pow(double(beta1), double(step));
@@ -62,7 +65,7 @@ void adam_step(float* param, float* exp_avg, float* exp_avg_sq, const float* gra
   const float bias_correction2_sqrt = float(std::sqrt(bias_correction2));
   const float decay = float(1.0 - double(lr) * double(weight_decay));
   adam_kernel<<<grid_1d(n), kThreads>>>(param, exp_avg, exp_avg_sq, grad, n, beta1, beta2, eps, weight_decay,
-                                        decoupled_weight_decay, decay, step_size, bias_correction2_sqrt);
+                                        decoupled_weight_decay, decay, step_size, bias_correction2_sqrt, skip);
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 

@@ -58,6 +58,8 @@ def layer_chain(model):
 class FusedStep:
     """train_step for one (loss_fn, optimizer) as one native call, while the model allows it."""
 
+    on_cuda = False
+
     def __init__(self, loss_fn, optimizer):
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.plan = None
@@ -179,6 +181,7 @@ class FusedStep:
             group = opt.param_groups[group_of[p]]
             entry = state.get(p)
             if entry:
+                optim.state_to_host(entry)  # state from steps on the GPU comes back with the model
                 opt._check_state(p, entry, name)
                 a, b = (entry["exp_avg"], entry["exp_avg_sq"]) if adam else (entry.get("momentum_buffer"), None)
             else:

@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import cuda as _cuda
 from . import functional as F
 from . import init
 from . import _random
@@ -73,6 +74,16 @@ class Parameter:
 
     def _check(self, value, what: str) -> np.ndarray:
         # The kernels update these arrays in place: a converted copy would make updates vanish.
+        if _cuda.is_device_array(self._data):
+            if not _cuda.is_device_array(value):
+                raise TypeError(f"{self.name or 'parameter'}.{what} is on the GPU: it must be a fuseprop DeviceArray, "
+                                f"got {type(value).__name__}")
+            if value.dtype != self._data.dtype or value.shape != self._data.shape:
+                raise ValueError(f"{self.name or 'parameter'}.{what} must be a {self._data.dtype} DeviceArray of shape "
+                                 f"{self._data.shape}, got {value.dtype} {value.shape}")
+            if value.readonly:
+                raise ValueError(f"{self.name or 'parameter'}.{what} must be writeable, got a read-only array")
+            return value
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{self.name or 'parameter'}.{what} must be a numpy.ndarray, got {type(value).__name__}")
         if value.dtype != self._data.dtype:
@@ -109,6 +120,22 @@ class Parameter:
     @property
     def shape(self):
         return self._data.shape
+
+    @property
+    def device(self) -> str:
+        """"cpu" (NumPy arrays) or "cuda" (DeviceArrays), as Module.to put it."""
+        return "cuda" if _cuda.is_device_array(self._data) else "cpu"
+
+    def _move(self, device: str):
+        """data and grad to device ("cpu" or "cuda"), as new arrays there."""
+        global _generation
+        if device == self.device:
+            return
+        if device == "cuda":
+            self._data, self._grad = _cuda.asarray(self._data), _cuda.asarray(self._grad)
+        else:
+            self._data, self._grad = self._data.numpy(), self._grad.numpy()
+        _generation += 1
 
     @property
     def dtype(self):
@@ -179,7 +206,41 @@ class Module:
 
     def zero_grad(self):
         for p in self.parameters():
-            p.grad.fill(0)
+            if p.device == "cuda":
+                p.grad.zero_()
+            else:
+                p.grad.fill(0)
+
+    def to(self, device):
+        """Move every parameter (data and grad) to ``device``: "cpu", or "cuda" / "cuda:0" (float32 models
+        only). Returns the module. As in PyTorch, create the optimizer after moving the model; an optimizer's
+        existing state moves to the GPU at its first step there. On the GPU the model trains with
+        ``train_step`` / ``fit`` (the whole step runs there) and runs ``forward`` / ``predict`` /
+        ``evaluate``; the per-layer ``backward`` is CPU-only."""
+        target = _cuda.parse_device(device)
+        params = self.parameters()
+        if target == "cuda":
+            if not _cuda.is_available():
+                raise RuntimeError(f"cannot move the model to {device!r}: {_cuda.status()}")
+            wrong = sorted({str(p.dtype) for p in params if p.dtype != np.float32})
+            if wrong:
+                raise TypeError(f"the CUDA backend is float32 only; this model has {', '.join(wrong)} parameters: "
+                                "build it with dtype=np.float32")
+        for p in params:
+            p._move(target)
+        return self
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    @property
+    def device(self) -> str:
+        """Where the parameters live: "cpu" or "cuda" ("cpu" for a module without parameters)."""
+        params = self.parameters()
+        return params[0].device if params else "cpu"
 
     def train(self, mode: bool = True):
         for _, m in self.named_modules():
@@ -208,7 +269,8 @@ class Module:
     # -- state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Copies of every parameter, keyed as PyTorch keys them ("0.weight", "0.bias", ...)."""
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        return OrderedDict((name, p.data.numpy() if p.device == "cuda" else p.data.copy())
+                           for name, p in self.named_parameters())
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy values into the parameters (in place). Every key, shape and dtype is checked before
@@ -231,7 +293,10 @@ class Module:
                 raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the parameter has {p.shape}")
             staged.append((p, value))
         for p, value in staged:
-            np.copyto(p.data, value, casting="same_kind")
+            if p.device == "cuda":
+                p.data.copy_(np.ascontiguousarray(value.astype(p.dtype, casting="same_kind")))
+            else:
+                np.copyto(p.data, value, casting="same_kind")
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
     def extra_repr(self) -> str:
@@ -288,6 +353,8 @@ class Linear(Module):
             init.zeros_(self.bias)
 
     def forward(self, x):
+        if self.weight.device == "cuda":
+            return _cuda_forward(self, [(self, None)], x)
         x = as_input(x, self.weight.dtype, "x", ndim=2, features=self.in_features)
         y, _ = F.linear_forward(x, self.weight.data, self.bias.data if self.bias is not None else None)
         self._saved = x
@@ -297,6 +364,7 @@ class Linear(Module):
         return self._backward(grad_out, True)
 
     def _backward(self, grad_out, need_input_grad: bool):
+        _cpu_only(self, "backward")
         if self._saved is None:
             raise RuntimeError("Linear.backward called before forward")
         x = self._saved
@@ -519,6 +587,14 @@ class Sequential(Module):
         return segs
 
     def forward(self, x):
+        if self.device == "cuda":
+            from ._train_plan import layer_chain  # here: _train_plan imports nn
+            chain = layer_chain(self)
+            if isinstance(chain, str):
+                raise NotImplementedError(f"on CUDA, a Sequential must be a chain of Linear layers, each optionally "
+                                          f"followed by one elementwise activation: {chain}")
+            self._tape = None
+            return _cuda_forward(self, chain, x)
         tape = []
         for m, act in self._segments():
             if act is None:
@@ -537,6 +613,7 @@ class Sequential(Module):
         return self._backward(grad_out, True)
 
     def _backward(self, grad_out, need_input_grad: bool):
+        _cpu_only(self, "backward")
         if self._tape is None:
             raise RuntimeError("Sequential.backward called before forward")
         g = grad_out
@@ -564,18 +641,28 @@ class Sequential(Module):
     def __getstate__(self):  # copies and pickles leave the native plan behind; the next train_step rebuilds it
         state = self.__dict__.copy()
         state.pop("_fused", None)
+        state.pop("_cuda_inference", None)
         return state
 
     def _fused_step(self, x, y, loss_fn, optimizer, max_grad_norm=None):
         """train_step as one native call (optionally clipping the gradients' global norm): its loss, or
         None when it needs the per-layer path."""
-        if not self.fused_train_step:
+        on_cuda = self.device == "cuda"
+        if not self.fused_train_step and not on_cuda:
             return None
         fused = self._fused
-        if fused is None or fused.loss_fn is not loss_fn or fused.optimizer is not optimizer:
-            from ._train_plan import FusedStep  # here: it imports losses and optim, which import nn
-            fused = self._fused = FusedStep(loss_fn, optimizer)
-        return fused.step(self, x, y, max_grad_norm)
+        if (fused is None or fused.loss_fn is not loss_fn or fused.optimizer is not optimizer
+                or fused.on_cuda != on_cuda):
+            if on_cuda:
+                from ._cuda_step import CudaStep
+                fused = self._fused = CudaStep(loss_fn, optimizer)
+            else:
+                from ._train_plan import FusedStep  # here: it imports losses and optim, which import nn
+                fused = self._fused = FusedStep(loss_fn, optimizer)
+        loss = fused.step(self, x, y, max_grad_norm)
+        if loss is None and on_cuda:
+            raise NotImplementedError(f"this step cannot run on CUDA: {fused.why_not}")
+        return loss
 
     def train_step(self, x, y, loss_fn, optimizer) -> float:
         """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the loss.
@@ -605,6 +692,35 @@ class Sequential(Module):
                 raise FloatingPointError(f"the optimizer update made {name} non-finite (is the learning rate too "
                                          "large?); the weights were overwritten: reload them from a checkpoint")
         return loss
+
+
+def _cpu_only(module, what: str):
+    if module.device == "cuda":
+        raise NotImplementedError(f"{type(module).__name__}.{what} runs on the CPU only; on CUDA the whole step runs in "
+                                  "train_step / fit (or move the model back with .to('cpu'))")
+
+
+def _cuda_forward(module, chain, x):
+    """The output (a DeviceArray) of a chain [(Linear, activation or None)] on the GPU, for inference. The
+    plan (only its forward is used) is cached on the module until the model changes."""
+    from . import _C
+    cached = module.__dict__.get("_cuda_inference")
+    if cached is None or cached[0] != (_generation, _cuda.allow_tf32):
+        layers, params = [], []
+        for lin, act in chain:
+            layers.append((act.activation if act is not None else "identity",
+                           act.negative_slope if act is not None else 0.01, lin.bias is not None))
+            for name, p in lin.named_parameters():
+                params.append((f"{lin.__class__.__name__}.{name}", p.data, p.grad, None, None, 0))
+        # A plan whose step never runs: "mse" and plain SGD need no optimizer state.
+        plan = _C.CudaTrainPlan(layers, params, loss="mse", optimizer="sgd", tf32=bool(_cuda.allow_tf32))
+        cached = ((_generation, _cuda.allow_tf32), plan)
+        object.__setattr__(module, "_cuda_inference", cached)
+    if not _cuda.is_device_array(x) and not hasattr(x, "__dlpack_device__"):
+        x = as_input(x, np.float32, "x", ndim=2, features=chain[0][0].in_features)
+    else:
+        x = _cuda.asarray(x, np.float32)
+    return cached[1].forward(x)
 
 
 from . import _nn_utils as utils  # noqa: E402  (fuseprop.nn.utils.clip_grad_norm_ as torch.nn.utils)

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+from . import cuda
 from . import functional as F
 from .nn import Parameter
 
@@ -20,6 +21,13 @@ def _check_hyper(name: str, value, lo: float = 0.0, hi: float = math.inf, hi_ope
         raise ValueError(f"Invalid {name}: expected a finite number, got {value!r}")
     if value < lo or value > hi or (hi_open and value == hi):
         raise ValueError(f"Invalid {name}: {value} is outside [{lo}, {hi}{')' if hi_open else ']'}")
+
+
+def state_to_host(entry: dict):
+    """A parameter's state entry with its GPU arrays (after steps on CUDA) replaced by NumPy copies, in place."""
+    for k, v in entry.items():
+        if cuda.is_device_array(v):
+            entry[k] = v.numpy()
 
 
 class Optimizer:
@@ -61,7 +69,10 @@ class Optimizer:
     def zero_grad(self):
         for g in self.param_groups:
             for p in g["params"]:
-                p.grad.fill(0)
+                if p.device == "cuda":
+                    p.grad.zero_()
+                else:
+                    p.grad.fill(0)
 
     def step(self):
         # Hyper-parameters may have been edited (schedules) and state replaced: check everything before
@@ -69,7 +80,11 @@ class Optimizer:
         for g in self.param_groups:
             self._validate(g)
             for p in g["params"]:
+                if p.device == "cuda":
+                    raise NotImplementedError(f"{type(self).__name__}.step() runs on the CPU only; on CUDA the update "
+                                              "runs inside model.train_step / fit")
                 if self.state.get(p):
+                    state_to_host(self.state[p])
                     self._check_state(p, self.state[p], p.name or "parameter")
         for g in self.param_groups:
             for p in g["params"]:
@@ -89,7 +104,14 @@ class Optimizer:
             raise ValueError(f"state of {where} must have the entries {sorted(expected)}, got {sorted(entry)}")
         checked = {}
         for k in self._state_arrays:
-            v = np.asarray(entry[k])
+            v = entry[k]
+            if cuda.is_device_array(v):  # state the GPU step keeps (fuseprop._cuda_step)
+                if v.shape != p.shape or v.dtype != np.float32:
+                    raise ValueError(f"state {k!r} of {where} must be a float32 array of shape {p.shape}, "
+                                     f"got shape {v.shape} and dtype {v.dtype}")
+                checked[k] = v
+                continue
+            v = np.asarray(v)
             if v.shape != p.shape or v.dtype.kind != "f":
                 raise ValueError(f"state {k!r} of {where} must be a float array of shape {p.shape}, "
                                  f"got shape {v.shape} and dtype {v.dtype}")
@@ -112,7 +134,8 @@ class Optimizer:
                 index[p] = len(index)
                 ids.append(index[p])
             groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ids})
-        state = {index[p]: copy.deepcopy(s) for p, s in self.state.items() if s}
+        state = {index[p]: {k: v.numpy() if cuda.is_device_array(v) else copy.deepcopy(v) for k, v in s.items()}
+                 for p, s in self.state.items() if s}
         return {"state": state, "param_groups": groups}
 
     def load_state_dict(self, state_dict: dict):

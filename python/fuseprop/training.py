@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from . import _random, datasets, losses, nn, optim
+from . import _C, _random, cuda, datasets, losses, nn, optim
 from .diagnostics import GradientWarning
 
 __all__ = ["History", "Callback", "EarlyStopping", "LRScheduler", "StepLR", "CosineAnnealingLR", "LinearWarmup",
@@ -305,6 +305,11 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         validation_data = _prepare(model, *validation_data, loss_fn)  # converted once, not every epoch
     is_ce = isinstance(loss_fn, losses.CrossEntropyLoss)
     per_layer = bool(l1 or l2 or clip_grad_value is not None or clip_grad_norm == 0)  # native 0 means no clipping
+    on_cuda = model.device == "cuda"
+    if on_cuda and (per_layer or grad_norm_history):
+        raise NotImplementedError("on CUDA, fit runs the whole step on the GPU: l1, l2, clip_grad_value and "
+                                  "grad_norm_history need the CPU's per-layer path (use the optimizer's weight_decay "
+                                  "and clip_grad_norm instead, or train on the CPU)")
     rng = np.random.default_rng(seed) if seed is not None else _random.default_generator()
     callbacks = list(callbacks or [])
     history = History()
@@ -319,6 +324,8 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
             history.grad_norms[name].append(math.sqrt(sum(float(np.dot(p.grad.ravel(), p.grad.ravel()))
                                                           for p in params)))
 
+    # On the GPU without augmentation the data goes over once; each batch is then gathered there.
+    device_data = (cuda.asarray(x), cuda.asarray(y)) if on_cuda and augment is None else None
     was_training = model.training
     for cb in callbacks:
         cb.model = model
@@ -332,7 +339,7 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
             bar = _progress_bar(verbose, steps, f"epoch {epoch + 1}/{epochs}")
             start = time.perf_counter()
             total = correct = seen = 0
-            for b, (xb, yb) in enumerate(datasets.batches(x, y, batch_size, shuffle, drop_last, rng)):
+            for b, (xb, yb) in enumerate(_epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data)):
                 if augment is not None:
                     xb = augment(xb)
                 value = None
@@ -344,6 +351,8 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                     if layers:
                         record()
                 else:
+                    if on_cuda:  # Sequential's train_step raised if it could not run there; other modules cannot
+                        raise NotImplementedError(f"{type(model).__name__} cannot train on CUDA; a Sequential chain can")
                     value, out = _per_layer_step(model, xb, yb, loss_fn, optimizer, l1, l2, clip_grad_norm,
                                                  clip_grad_value, record if layers else lambda: None)
                     right = int((out.argmax(1) == yb).sum()) if is_ce else 0
@@ -386,13 +395,25 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     return history
 
 
+def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data):
+    """One epoch's (x, y) batches: from datasets.batches, or, with the data on the GPU, gathered there in
+    the same order (the same indices from the same generator)."""
+    if device_data is None:
+        yield from datasets.batches(x, y, batch_size, shuffle, drop_last, rng)
+        return
+    xd, yd = device_data
+    index = np.arange(len(x), dtype=np.int64)
+    for ib, _ in datasets.batches(index, index, batch_size, shuffle, drop_last, rng):
+        yield _C.cuda_gather_rows(xd, np.ascontiguousarray(ib)), _C.cuda_gather_rows(yd, np.ascontiguousarray(ib))
+
+
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """The model's outputs for x, in eval mode, batch_size samples at a time (no gradients are computed)."""
     was_training = model.training
     model.eval()
     try:
         x = np.asarray(x)
-        return np.concatenate([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+        return np.concatenate([cuda.to_host(model(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 
@@ -407,7 +428,7 @@ def evaluate(model, x, y, loss=None, batch_size: int = 256) -> dict:
     total = correct = 0
     try:
         for i in range(0, len(x), batch_size):
-            out, yb = model(x[i:i + batch_size]), y[i:i + batch_size]
+            out, yb = cuda.to_host(model(x[i:i + batch_size])), y[i:i + batch_size]
             total += loss_fn(out, yb) * (len(yb) if loss_fn.reduction == "mean" else 1)
             if isinstance(loss_fn, losses.CrossEntropyLoss):
                 correct += int((out.argmax(1) == yb).sum())

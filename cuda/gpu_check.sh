@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command for a machine with a GPU: build and install, show the build, run the CUDA tests, and time
-# the TF32 GEMM at 4096^3 against torch.matmul (TF32 allowed). Run from anywhere: bash cuda/gpu_check.sh
+# One command for a machine with a GPU: build and install, show the build, run the CUDA tests, time
+# the TF32 GEMM at 4096^3 against torch.matmul (TF32 allowed), and run benchmarks/gpu.py (the RESULTS table). Run from anywhere: bash cuda/gpu_check.sh
 # Needs python3 with numpy, pytest, pybind11, scikit-build-core, cmake, ninja and nvcc; torch for the timing.
 # Writes everything it prints to $OUT/gpu_check.log when OUT is set.
 set -euo pipefail
@@ -15,7 +15,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-build-isolation -q .
 python3 -c "import fuseprop, pprint; pprint.pprint(fuseprop.build_info())"  # the installed package (source is in python/)
 tests=0
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_parity.py || tests=$?  # time even if they fail
+# Every CUDA test file (tests/test_cuda*.py), then the CPU suite's parity tests once more on this build.
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda*.py || tests=$?  # time even if they fail
 
 python3 - <<'PY'
 # Device time only: fuseprop's cuda_matmul_time_ms times device-resident operands with CUDA events
@@ -58,4 +59,7 @@ print(f"TF32 {n}^3 max abs error {err:.3e} (bound {bound:.3e}): {'ok' if err <= 
 if err > bound:
     raise SystemExit(1)
 PY
+
+# The issue-5 table: GEMM and train-step timings against torch (eager and torch.compile).
+python3 benchmarks/gpu.py --out "${OUT:-/tmp}/gpu_bench.md" || tests=$((tests ? tests : 1))
 exit "$tests"

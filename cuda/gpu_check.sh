@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
 PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --no-build-isolation -q .
 python3 -c "import fuseprop, pprint; pprint.pprint(fuseprop.build_info())"  # the installed package (source is in python/)
 tests=0
-python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_parity.py || tests=$?  # time even if they fail
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_cuda_parity.py tests/test_cuda_fused_mlp.py || tests=$?  # time even if they fail
 
 python3 - <<'PY'
 # Device time only: fuseprop's cuda_matmul_time_ms times device-resident operands with CUDA events

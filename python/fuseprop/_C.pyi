@@ -108,4 +108,12 @@ def cuda_sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional
 def cuda_adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
                    lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                    weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None: ...
+def cuda_fused_mlp_forward_backward(x: np.ndarray, labels: np.ndarray, weights: Sequence[np.ndarray],
+                                    biases: Sequence[Optional[np.ndarray]], activations: Sequence[str],
+                                    negative_slope: float = 0.01, label_smoothing: float = 0.0, reduction: str = "mean",
+                                    tf32: bool = False) -> Tuple[float, int, list[np.ndarray], list[Optional[np.ndarray]]]: ...
+    # (loss, correct, grad_weights, grad_biases): forward, cross-entropy and backward in one fused kernel; the network
+    # must be 1 to 8 layers, each at most 128 wide, the last activation "identity" (else ValueError)
+def cuda_fused_mlp_forward(x: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[Optional[np.ndarray]],
+                           activations: Sequence[str], negative_slope: float = 0.01, tf32: bool = False) -> np.ndarray: ...  # logits
 def cuda_matmul_time_ms(M: int, N: int, K: int, tf32: bool = True, repeats: int = 20) -> float: ...  # median, device-resident, no copies

@@ -1572,7 +1572,7 @@ class CudaTrainPlanEntry {
   // As TrainPlan (above), with DeviceArrays for data, grad and state; float32 only.
   CudaTrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
                      const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups,
-                     bool tf32)
+                     bool tf32, bool fused)
       : groups_(groups) {
     static const std::pair<const char*, LossKind> loss_kinds[] = {
         {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
@@ -1664,7 +1664,7 @@ class CudaTrainPlanEntry {
     if (next != slots.size()) throw py::value_error(cat("params has ", slots.size(), " entries; the layers take ", next));
     require_device();
     plan_ = std::make_unique<cuda::TrainPlan>(std::move(dense), std::move(slots), LossSpec{loss_, label_smoothing, mean},
-                                              optimizer_, tf32);
+                                              optimizer_, tf32, fused);
   }
 
   // x: (B, IN) float32, a DeviceArray on the GPU or an ndarray (staged over); target: labels (B,) int64
@@ -1990,9 +1990,9 @@ PYBIND11_MODULE(_C, m) {
   py::class_<CudaTrainPlanEntry>(m, "CudaTrainPlan",
                                  "TrainPlan on the GPU: the model's parameters, gradients and optimizer state are DeviceArrays")
       .def(py::init<const py::sequence&, const py::sequence&, const std::string&, const std::string&, double,
-                    const std::string&, int64_t, bool>(),
+                    const std::string&, int64_t, bool, bool>(),
            "layers"_a, "params"_a, py::kw_only(), "loss"_a, "optimizer"_a, "label_smoothing"_a = 0.0,
-           "reduction"_a = "mean", "groups"_a = 1, "tf32"_a = true)
+           "reduction"_a = "mean", "groups"_a = 1, "tf32"_a = true, "fused"_a = true)
       .def("step", &CudaTrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0)
       .def("forward", &CudaTrainPlanEntry::forward, "x"_a)
       .def_property_readonly("allocations", &CudaTrainPlanEntry::allocations)

@@ -21,9 +21,11 @@ __global__ void reset_flags_kernel(StepFlags* f) {
   f->bad_label = ~0ull;
 }
 
-__global__ void check_labels_kernel(StepFlags* f, const int64_t* labels, int64_t B, int64_t C) {
+__global__ void check_labels_kernel(StepFlags* f, int64_t* clean, const int64_t* labels, int64_t B, int64_t C) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < B; i += int64_t(gridDim.x) * blockDim.x) {
-    if (labels[i] < 0 || labels[i] >= C) {
+    const int64_t y = labels[i];
+    clean[i] = (y < 0 || y >= C) ? 0 : y;
+    if (y < 0 || y >= C) {
       atomicMin(reinterpret_cast<unsigned long long*>(&f->bad_label), static_cast<unsigned long long>(i));
       atomicExch(&f->skip, 1);
     }
@@ -103,9 +105,9 @@ void reset_flags(StepFlags* flags) {
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 
-void check_labels(StepFlags* flags, const int64_t* labels, int64_t B, int64_t C) {
+void check_labels(StepFlags* flags, int64_t* clean, const int64_t* labels, int64_t B, int64_t C) {
   if (B == 0) return;
-  check_labels_kernel<<<grid_1d(B), kThreads>>>(flags, labels, B, C);
+  check_labels_kernel<<<grid_1d(B), kThreads>>>(flags, clean, labels, B, C);
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 

@@ -21,8 +21,9 @@ struct StepFlags {
 
 // flags: loss_total = correct = grad_norm = 0, skip = 0, bad_grad = bad_param = INT32_MAX.
 void reset_flags(StepFlags* flags);
-// labels (B): the first row whose label is outside [0, C) -> bad_label, skip = 1 (the losses ignore such rows' labels).
-void check_labels(StepFlags* flags, const int64_t* labels, int64_t B, int64_t C);
+// labels (B): the first row whose label is outside [0, C) -> bad_label, skip = 1; clean (B) gets the labels
+// with each bad one replaced by 0, so no kernel after it can read outside a row.
+void check_labels(StepFlags* flags, int64_t* clean, const int64_t* labels, int64_t B, int64_t C);
 // flags->loss_total not finite -> skip = 1.
 void flag_nonfinite_loss(StepFlags* flags);
 // x (n): any element not finite -> bad_grad = min(bad_grad, slot), skip = 1 (as_param: bad_param, no skip).

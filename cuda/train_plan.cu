@@ -23,10 +23,13 @@ int64_t doubles_for(int64_t B, size_t n_params) {
 }  // namespace
 
 TrainPlan::TrainPlan(std::vector<DenseLayer<float>> layers, std::vector<ParamSlot<float>> params, LossSpec loss,
-                     OptimizerKind optimizer, bool tf32)
+                     OptimizerKind optimizer, bool tf32, bool allow_fused)
     : layers_(std::move(layers)), params_(std::move(params)), loss_(loss), optimizer_(optimizer), tf32_(tf32),
       flags_(sizeof(StepFlags)) {
   if (layers_.empty()) throw std::invalid_argument("a CUDA TrainPlan needs at least one layer");
+  for (const auto& l : layers_) fused_layers_.push_back({l.w, l.b, l.dw, l.db, l.in, l.out, l.act, l.slope});
+  fused_ = allow_fused && loss_.kind == LossKind::cross_entropy &&
+           fused_mlp_supported(fused_layers_.data(), int(fused_layers_.size()));
   int64_t at = 0, widest = 0;
   for (const auto& l : layers_) {
     z_at_.push_back(at);
@@ -49,11 +52,22 @@ TrainPlan::Buffers TrainPlan::buffers(size_t i, int64_t B) const {
 
 void TrainPlan::reserve(int64_t B) {
   if (B <= capacity_) return;
-  floats_ = DeviceBuffer();  // free first: the old and new workspace need not fit together
-  doubles_ = DeviceBuffer();
-  floats_ = DeviceBuffer(size_t(B * row_floats_) * sizeof(float));
+  doubles_ = DeviceBuffer();  // free first: the old and new workspace need not fit together
+  labels_ = DeviceBuffer();
+  fused_workspace_ = DeviceBuffer();
   doubles_ = DeviceBuffer(size_t(doubles_for(B, params_.size())) * sizeof(double));
+  labels_ = DeviceBuffer(size_t(B) * sizeof(int64_t));
+  // The fused kernel keeps its activations in its own workspace; the layer buffers wait for reserve_layers.
+  if (fused_) fused_workspace_ = DeviceBuffer(fused_mlp_workspace_bytes(fused_layers_.data(), int(fused_layers_.size()), B));
   capacity_ = B;
+  ++allocations_;
+}
+
+void TrainPlan::reserve_layers(int64_t B) {
+  if (B <= layer_capacity_) return;
+  floats_ = DeviceBuffer();
+  floats_ = DeviceBuffer(size_t(B * row_floats_) * sizeof(float));
+  layer_capacity_ = B;
   ++allocations_;
 }
 
@@ -68,46 +82,54 @@ StepResult TrainPlan::step(const float* x, const int64_t* labels, const float* t
   double* norms = partial + std::max<int64_t>(kMaxPartials, kLossPartials);
   reset_flags(flags);
 
-  // Forward: y_i = act(y_{i-1} w_i^T + b_i), with y_{-1} = x; bias and activation in the GEMM's epilogue.
-  const float* in = x;
-  for (size_t i = 0; i < L; ++i) {
-    const auto& l = layers_[i];
-    const Buffers buf = buffers(i, B);
-    linear_forward(buf.y, buf.z, in, l.w, l.b, B, l.in, l.out, l.act, l.slope, tf32_);
-    in = buf.y;
-  }
-
-  // Loss value and gradient in one pass, into the last layer's dy.
   const int64_t C = layers_[L - 1].out;
-  float* dout = buffers(L - 1, B).dy;
   const int64_t n = loss_.kind == LossKind::cross_entropy ? B : B * C;  // what "mean" divides by
   const float scale = loss_.mean ? float(1.0 / double(n)) : 1.f;
-  switch (loss_.kind) {
-    case LossKind::cross_entropy:
-      check_labels(flags, labels, B, C);
-      count_correct(&flags->correct, in, labels, B, C);
-      cross_entropy_forward_backward(&flags->loss_total, dout, row_loss, in, labels, B, C,
-                                     float(loss_.label_smoothing), scale);
-      break;
-    case LossKind::mse:
-      mse_forward_backward(&flags->loss_total, dout, partial, in, target, n, scale);
-      break;
-    case LossKind::bce_with_logits:
-      bce_with_logits_forward_backward(&flags->loss_total, dout, partial, in, target, n, scale);
-      break;
-  }
-  flag_nonfinite_loss(flags);
+  const int64_t* clean = labels_.as<int64_t>();
+  if (labels) check_labels(flags, labels_.as<int64_t>(), labels, B, C);
 
-  // Backward: the kernels add into dw and db, so the gradients start from zero.
-  for (const auto& p : params_) fill_zero(p.grad, size_t(p.n) * sizeof(float));
-  float* dz = floats_.as<float>() + B * dz_at_;
-  for (size_t i = L; i-- > 0;) {
-    const auto& l = layers_[i];
-    const Buffers buf = buffers(i, B);
-    const float* layer_in = i > 0 ? buffers(i - 1, B).y : x;
-    float* dx = i > 0 ? buffers(i - 1, B).dy : nullptr;
-    linear_backward(dx, l.dw, l.db, dz, buf.dy, layer_in, l.w, buf.z, buf.y, B, l.in, l.out, l.act, l.slope, tf32_);
+  if (fused_) {
+    // Forward, loss and backward of the whole network in one kernel (and one fixed-order reduction).
+    fused_mlp_forward_backward(&flags->loss_total, &flags->correct, fused_layers_.data(), int(L), x, clean, B,
+                               float(loss_.label_smoothing), scale, fused_workspace_.as<void>(), tf32_);
+  } else {
+    reserve_layers(B);
+    // Forward: y_i = act(y_{i-1} w_i^T + b_i), with y_{-1} = x; bias and activation in the GEMM's epilogue.
+    const float* in = x;
+    for (size_t i = 0; i < L; ++i) {
+      const auto& l = layers_[i];
+      const Buffers buf = buffers(i, B);
+      linear_forward(buf.y, buf.z, in, l.w, l.b, B, l.in, l.out, l.act, l.slope, tf32_);
+      in = buf.y;
+    }
+    // Loss value and gradient in one pass, into the last layer's dy.
+    float* dout = buffers(L - 1, B).dy;
+    switch (loss_.kind) {
+      case LossKind::cross_entropy:
+        count_correct(&flags->correct, in, clean, B, C);
+        cross_entropy_forward_backward(&flags->loss_total, dout, row_loss, in, clean, B, C,
+                                       float(loss_.label_smoothing), scale);
+        break;
+      case LossKind::mse:
+        mse_forward_backward(&flags->loss_total, dout, partial, in, target, n, scale);
+        break;
+      case LossKind::bce_with_logits:
+        bce_with_logits_forward_backward(&flags->loss_total, dout, partial, in, target, n, scale);
+        break;
+    }
+    // Backward: the kernels add into dw and db, so the gradients start from zero.
+    for (const auto& p : params_) fill_zero(p.grad, size_t(p.n) * sizeof(float));
+    float* dz = floats_.as<float>() + B * dz_at_;
+    for (size_t i = L; i-- > 0;) {
+      const auto& l = layers_[i];
+      const Buffers buf = buffers(i, B);
+      const float* layer_in = i > 0 ? buffers(i - 1, B).y : x;
+      float* dx = i > 0 ? buffers(i - 1, B).dy : nullptr;
+      linear_backward(dx, l.dw, l.db, dz, buf.dy, layer_in, l.w, buf.z, buf.y, B, l.in, l.out, l.act, l.slope, tf32_);
+    }
   }
+  // A bad label, a non-finite loss or gradient: the update kernels below see skip and do nothing.
+  flag_nonfinite_loss(flags);
   for (size_t s = 0; s < params_.size(); ++s) flag_nonfinite(flags, params_[s].grad, params_[s].n, int32_t(s), false);
 
   // Clipping by the global norm: squared norms per parameter, summed in slot order, then one scaling pass.
@@ -144,7 +166,7 @@ StepResult TrainPlan::step(const float* x, const int64_t* labels, const float* t
 
 void TrainPlan::forward(float* out, const float* x, int64_t B) {
   if (B == 0) return;
-  reserve(B);
+  reserve_layers(B);
   const float* in = x;
   for (size_t i = 0; i < layers_.size(); ++i) {
     const auto& l = layers_[i];

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "csrc/network.h"  // DenseLayer, ParamSlot, LossSpec, OptimizerKind, StepResult: the CPU plan's types
+#include "fused_mlp.h"
 #include "memory.h"
 
 namespace fuseprop::cuda {
@@ -16,8 +17,9 @@ namespace fuseprop::cuda {
 class TrainPlan {
  public:
   // As fuseprop::TrainPlan (csrc/network.h), float32. tf32: the GEMMs run on tensor cores in TF32.
+  // allow_fused: cross-entropy steps of a narrow network (cuda/fused_mlp.h) run as one fused kernel.
   TrainPlan(std::vector<DenseLayer<float>> layers, std::vector<ParamSlot<float>> params, LossSpec loss,
-            OptimizerKind optimizer, bool tf32);
+            OptimizerKind optimizer, bool tf32, bool allow_fused);
 
   // x (B, IN); labels (B) in [0, C) for cross-entropy (checked by the caller), else target (B, OUT); B >= 1.
   // The same contract as the CPU plan's step: a non-finite loss or gradient leaves the weights and the
@@ -42,7 +44,8 @@ class TrainPlan {
     float* dy;
   };
   Buffers buffers(size_t i, int64_t B) const;
-  void reserve(int64_t B);
+  void reserve(int64_t B);         // what every step needs
+  void reserve_layers(int64_t B);  // the layer-by-layer buffers (unfused steps, forward)
 
   std::vector<DenseLayer<float>> layers_;
   std::vector<ParamSlot<float>> params_;
@@ -52,11 +55,13 @@ class TrainPlan {
   bool fused_ = false;
   std::vector<int64_t> z_at_, y_at_, dy_at_;  // per layer, in floats per batch row
   int64_t dz_at_ = 0, row_floats_ = 0;
-  DeviceBuffer floats_;   // capacity_ * row_floats_ floats
+  DeviceBuffer floats_;   // layer_capacity_ * row_floats_ floats
   DeviceBuffer doubles_;  // row losses (capacity_), partial sums, per-parameter squared norms
   DeviceBuffer flags_;    // one StepFlags
+  DeviceBuffer labels_;   // capacity_ checked labels (cuda/step_checks.h)
   DeviceBuffer fused_workspace_;
-  int64_t capacity_ = 0, allocations_ = 0, steps_ = 0;
+  std::vector<FusedLayer> fused_layers_;
+  int64_t capacity_ = 0, layer_capacity_ = 0, allocations_ = 0, steps_ = 0;
   uint64_t bad_label_ = ~0ull;
 };
 

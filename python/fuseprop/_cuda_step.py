@@ -44,7 +44,7 @@ class CudaStep:
         if self._loss_kind is None or self._opt_kind is None:
             return None
         opt, loss_fn = self.optimizer, self.loss_fn
-        key = (nn._generation, cuda.allow_tf32, loss_fn.reduction, getattr(loss_fn, "label_smoothing", 0.0),
+        key = (nn._generation, cuda.allow_tf32, cuda.fused_mlp, loss_fn.reduction, getattr(loss_fn, "label_smoothing", 0.0),
                [(tuple(id(p) for p in g["params"]), g.get("momentum", 0) != 0) for g in opt.param_groups])
         if self.plan is None or key != self._key or not self._state_unchanged():
             self._build(model)
@@ -137,7 +137,8 @@ class CudaStep:
                   else ("identity", 0.01, lin.bias is not None) for lin, act in chain]
         self.plan = _C.CudaTrainPlan(layers, params, loss=self._loss_kind, optimizer=self._opt_kind,
                                      label_smoothing=getattr(self.loss_fn, "label_smoothing", 0.0),
-                                     reduction=self.loss_fn.reduction, groups=len(opt.param_groups), tf32=bool(cuda.allow_tf32))
+                                     reduction=self.loss_fn.reduction, groups=len(opt.param_groups), tf32=bool(cuda.allow_tf32),
+                                     fused=bool(cuda.fused_mlp))
         self.why_not = None
         self._in_features = chain[0][0].in_features
         self._params = [p for _, p in named]

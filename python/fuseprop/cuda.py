@@ -50,6 +50,10 @@ def get_device_properties(device: int = 0) -> dict:
 #: accumulation), as ``torch.backends.cuda.matmul.allow_tf32 = True``; False runs them in plain FP32.
 #: Read when a training plan is built (a change applies from the next train_step).
 allow_tf32 = True
+#: Cross-entropy steps of a narrow network (1 to 8 layers, each at most 128 wide, logits last) run as ONE
+#: fused kernel (forward, loss, backward and every weight gradient; cuda/fused_mlp.h); False runs them layer
+#: by layer. Read when a training plan is built.
+fused_mlp = True
 
 # ---------------------------------------------------------------- device arrays
 #: fuseprop's array in GPU memory (float32 or int64, C-contiguous); None in a build without CUDA.

@@ -3,7 +3,7 @@
 Arrays: numpy.ndarray of float32 or float64 (one dtype per call), C-contiguous, aligned; arrays
 updated in place must be writeable and must not overlap the inputs. Labels: int64.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -117,3 +117,42 @@ def cuda_fused_mlp_forward_backward(x: np.ndarray, labels: np.ndarray, weights: 
 def cuda_fused_mlp_forward(x: np.ndarray, weights: Sequence[np.ndarray], biases: Sequence[Optional[np.ndarray]],
                            activations: Sequence[str], negative_slope: float = 0.01, tf32: bool = False) -> np.ndarray: ...  # logits
 def cuda_matmul_time_ms(M: int, N: int, K: int, tf32: bool = True, repeats: int = 20) -> float: ...  # median, device-resident, no copies
+
+# CUDA device arrays, DLPack and the device train plan (only when cuda_compiled)
+class DeviceArray:
+    shape: Tuple[int, ...]
+    dtype: np.dtype  # float32 or int64
+    ndim: int
+    size: int
+    nbytes: int
+    device: str  # "cuda:0" ("cpu" only for _host_array / _dlpack_import_any test arrays)
+    readonly: bool
+    data_ptr: int
+    def __len__(self) -> int: ...
+    def __getitem__(self, rows: slice) -> "DeviceArray": ...  # a view of whole rows, step 1
+    def numpy(self) -> np.ndarray: ...
+    def copy_(self, src: Any) -> None: ...  # an ndarray or DeviceArray of the same shape and dtype
+    def zero_(self) -> None: ...
+    def __dlpack__(self, *, stream: Optional[int] = None, max_version: Optional[Tuple[int, int]] = None,
+                   dl_device: Optional[Tuple[int, int]] = None, copy: Optional[bool] = None) -> Any: ...
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+def cuda_empty(shape: Sequence[int], dtype: Any = "float32") -> DeviceArray: ...
+def cuda_to_device(a: np.ndarray) -> DeviceArray: ...  # staged through pinned memory
+def cuda_from_dlpack(obj: Any) -> DeviceArray: ...  # a CUDA DLPack array, no copy
+def _dlpack_import_any(obj: Any) -> DeviceArray: ...  # also CPU DLPack arrays (tests)
+def _host_array(a: np.ndarray) -> DeviceArray: ...  # a host-memory copy (tests of the DLPack export)
+def cuda_gather_rows(src: DeviceArray, index: np.ndarray) -> DeviceArray: ...
+def cuda_synchronize() -> None: ...
+class CudaTrainPlan:
+    def __init__(self, layers: Sequence[Tuple[str, float, bool]], params: Sequence[tuple], *, loss: str, optimizer: str,
+                 label_smoothing: float = 0.0, reduction: str = "mean", groups: int = 1, tf32: bool = True,
+                 fused: bool = True) -> None: ...
+    def step(self, x: Any, target: Any, hyper: Sequence[tuple], steps: Sequence[int], max_grad_norm: float = 0.0) -> float: ...
+    def forward(self, x: Any) -> DeviceArray: ...
+    allocations: int
+    capacity: int
+    steps: int
+    fused: bool
+    updated: bool
+    correct: int
+    grad_norm: float

@@ -10,14 +10,14 @@ import platform
 import numpy as np
 
 from . import _C
-from . import augment, checkpoint, cuda, datasets, diagnostics, functional, init, losses, nn, optim, reference, testing
+from . import augment, checkpoint, cuda, datasets, diagnostics, distributed, functional, init, losses, nn, optim, reference, testing
 from . import training
 from ._random import manual_seed, default_generator
 
 __version__ = _C.__version__
 
 __all__ = ["__version__", "build_info", "manual_seed", "default_generator", "get_num_threads", "set_num_threads",
-           "cpu_level", "set_cpu_level", "augment", "checkpoint", "cuda", "datasets", "diagnostics", "functional", "init", "losses", "nn", "optim", "reference", "testing", "training"]
+           "cpu_level", "set_cpu_level", "augment", "checkpoint", "cuda", "datasets", "diagnostics", "distributed", "functional", "init", "losses", "nn", "optim", "reference", "testing", "training"]
 
 
 def get_num_threads() -> int:

@@ -217,22 +217,37 @@ def load_fashion_mnist(path=None, download: bool = False):
     return load_mnist(cache)
 
 
-def batches(x, y, batch_size: int, shuffle: bool = True, drop_last: bool = False, rng=None):
+def batches(x, y, batch_size: int, shuffle: bool = True, drop_last: bool = False, rng=None, *, shard=None):
     """One epoch of (x_batch, y_batch) pairs, in a fresh random order per call (drawn from rng, a
     numpy.random.Generator; default fuseprop's, see manual_seed) unless shuffle is False.
-    Each batch is one gather (x[indices], y[indices]); without shuffling, batches are views (slices)."""
+    Each batch is one gather (x[indices], y[indices]); without shuffling, batches are views (slices).
+
+    shard=(rank, world_size): data-parallel training. Every rank draws the same order (give every rank
+    an rng of the same seed) and gets its part of each batch of batch_size samples (the global batch):
+    np.array_split's parts, contiguous and of sizes that differ by at most one, so a short last batch
+    leaves the higher ranks one sample fewer, or none (an empty batch)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
+    if shard is not None:
+        ok = isinstance(shard, tuple) and len(shard) == 2 and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in shard)
+        if not ok or not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
     n = len(x)
     # Drawn now, not at the first next(), so the generator advances in call order (one draw per epoch).
     order = _random.resolve(rng).permutation(n) if shuffle else None
     stop = n - n % batch_size if drop_last else n
-    return _iterate(x, y, order, int(batch_size), stop)
+    return _iterate(x, y, order, int(batch_size), stop, shard)
 
 
-def _iterate(x, y, order, batch_size, stop):
+def _iterate(x, y, order, batch_size, stop, shard):
     for start in range(0, stop, batch_size):
-        index = slice(start, start + batch_size) if order is None else order[start:start + batch_size]
+        end = min(start + batch_size, stop)
+        if shard is not None:  # rank r's part of [start, end), as np.array_split cuts it
+            count, (rank, world) = end - start, shard
+            size, extra = divmod(count, world)
+            start, end = start + rank * size + min(rank, extra), start + (rank + 1) * size + min(rank + 1, extra)
+        index = slice(start, end) if order is None else order[start:end]
         yield x[index], y[index]

@@ -612,7 +612,9 @@ class Sequential(Module):
     def backward(self, grad_out):
         return self._backward(grad_out, True)
 
-    def _backward(self, grad_out, need_input_grad: bool):
+    def _backward(self, grad_out, need_input_grad: bool, done=None):
+        """done(module), if given, is called as soon as a module's parameter gradients are written, from
+        the output back to the input (fuseprop.distributed starts each bucket's all-reduce there)."""
         _cpu_only(self, "backward")
         if self._tape is None:
             raise RuntimeError("Sequential.backward called before forward")
@@ -622,14 +624,16 @@ class Sequential(Module):
             need = need_input_grad or i > 0
             if act is None:
                 g = m._backward(g, need) if isinstance(m, (Linear, Sequential)) else m.backward(g)
-                continue
-            x, z, y = saved
-            g = as_input(g, y.dtype, "grad_out", ndim=2)
-            if g.shape != y.shape:
-                raise ValueError(f"grad_out must have shape {y.shape}, got {g.shape}")
-            g, _, _ = F.linear_backward(g, x, m.weight.data, z, y, act.activation, act.negative_slope,
-                                        has_bias=m.bias is not None, need_grad_x=need, grad_weight=m.weight.grad,
-                                        grad_bias=m.bias.grad if m.bias is not None else None)
+            else:
+                x, z, y = saved
+                g = as_input(g, y.dtype, "grad_out", ndim=2)
+                if g.shape != y.shape:
+                    raise ValueError(f"grad_out must have shape {y.shape}, got {g.shape}")
+                g, _, _ = F.linear_backward(g, x, m.weight.data, z, y, act.activation, act.negative_slope,
+                                            has_bias=m.bias is not None, need_grad_x=need, grad_weight=m.weight.grad,
+                                            grad_bias=m.bias.grad if m.bias is not None else None)
+            if done is not None:
+                done(m)
         return g
 
     @property

@@ -9,6 +9,10 @@ native step scales the gradients by the global norm between backward and update)
 fused. Dropout, l1, l2 and clip_grad_value take the per-layer path: forward, loss, backward,
 penalties, clipping and ``optimizer.step()`` around the same kernels.
 
+With distributed=..., every step runs layer by layer on each rank's part of the global batch, with the
+gradients all-reduced between backward and update (fuseprop.distributed); penalties and clipping apply
+to the averaged gradients.
+
 Accuracy (CrossEntropyLoss) comes from the step's own logits, with no second forward: the fused plan
 counts argmax == label natively (``train_plan.correct``); the per-layer path counts on its logits.
 
@@ -219,22 +223,29 @@ def _per_layer_step(model, x, y, loss_fn, optimizer, l1, l2, clip_norm, clip_val
     else:
         model.backward(grad)
     params = model.parameters()
-    for p in params:
-        if p.data.ndim >= 2 and l1:
-            p.grad += p.dtype.type(l1) * np.sign(p.data)
-            value += l1 * float(np.abs(p.data).sum())
-        if p.data.ndim >= 2 and l2:
-            p.grad += p.dtype.type(l2) * p.data
-            value += 0.5 * l2 * float(np.dot(p.data.ravel(), p.data.ravel()))
-    if clip_value is not None:
-        nn.utils.clip_grad_value_(params, clip_value)
-    if clip_norm is not None:
-        nn.utils.clip_grad_norm_(params, clip_norm)
+    value += _regularise(params, l1, l2, clip_value, clip_norm)
     record()
     if not all(np.isfinite(p.grad).all() for p in params):
         raise FloatingPointError("a gradient is not finite; the weights were not updated")
     optimizer.step()
     return value, out
+
+
+def _regularise(params, l1, l2, clip_value, clip_norm) -> float:
+    """Add the L1/L2 penalties' gradients to the weights' (in place), then clip; returns the penalty's value."""
+    penalty = 0.0
+    for p in params:
+        if p.data.ndim >= 2 and l1:
+            p.grad += p.dtype.type(l1) * np.sign(p.data)
+            penalty += l1 * float(np.abs(p.data).sum())
+        if p.data.ndim >= 2 and l2:
+            p.grad += p.dtype.type(l2) * p.data
+            penalty += 0.5 * l2 * float(np.dot(p.data.ravel(), p.data.ravel()))
+    if clip_value is not None:
+        nn.utils.clip_grad_value_(params, clip_value)
+    if clip_norm is not None:
+        nn.utils.clip_grad_norm_(params, clip_norm)
+    return penalty
 
 
 def _layer_grads(model):
@@ -277,7 +288,7 @@ def _progress_bar(verbose: int, total: int, desc: str):
 def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: int = 32, validation_data=None,
         validation_split: float = 0.0, callbacks=None, verbose: int = 1, seed=None, shuffle: bool = True,
         drop_last: bool = False, augment=None, l1: float = 0.0, l2: float = 0.0, clip_grad_norm=None,
-        clip_grad_value=None, grad_norm_history: bool = False) -> History:
+        clip_grad_value=None, grad_norm_history: bool = False, distributed=False) -> History:
     """Train ``model`` on (x, y) for ``epochs`` epochs of mini-batches; returns a History.
 
     loss: a fuseprop loss (default CrossEntropyLoss for integer y, else MSELoss); optimizer: default
@@ -290,12 +301,25 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     gradient norm every step (of the gradient the update used: after clipping) in history.grad_norms and warn (GradientWarning) on vanishing or exploding
     gradients. The model is in train mode while fitting, eval mode while validating, and in its former
     mode afterwards.
+
+    distributed: True (MPI.COMM_WORLD) or a fuseprop.distributed.DataParallel over this model: every
+    rank calls fit with the same x, y and settings; batch_size is the global batch, of which each rank
+    trains on its part; gradients are averaged over the global batch, so the result is one process's on
+    the same batches (float rounding aside). Reported metrics are the global ones, printed by rank 0
+    only. See fuseprop.distributed.
     """
     loss_fn = loss if loss is not None else _default_loss(y)
     optimizer = optimizer if optimizer is not None else optim.Adam(model.parameters())
     if batch_size < 1 or epochs < 0:
         raise ValueError(f"need batch_size >= 1 and epochs >= 0, got {batch_size} and {epochs}")
     x, y = _prepare(model, x, y, loss_fn)
+    ddp = None
+    if distributed is not False and distributed is not None:
+        from .distributed import _resolve  # here: it needs mpi4py, which only distributed training does
+        ddp = _resolve(model, distributed)
+        verbose = verbose if ddp.rank == 0 else 0
+        if seed is None:
+            seed = ddp.shared_seed()  # every rank must draw the same order
     if validation_data is None and validation_split:
         if not 0.0 < validation_split < 1.0:
             raise ValueError(f"validation_split must be in (0, 1), got {validation_split}")
@@ -339,24 +363,31 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
             bar = _progress_bar(verbose, steps, f"epoch {epoch + 1}/{epochs}")
             start = time.perf_counter()
             total = correct = seen = 0
-            for b, (xb, yb) in enumerate(_epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data)):
-                if augment is not None:
+            shard = (ddp.rank, ddp.world_size) if ddp is not None else None
+            batches = _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard)
+            for b, (xb, yb) in enumerate(batches):
+                if augment is not None and len(xb):
                     xb = augment(xb)
-                value = None
-                if not per_layer and isinstance(model, nn.Sequential):
-                    value = model._fused_step(xb, yb, loss_fn, optimizer, clip_grad_norm)
-                if value is not None:
-                    fused_steps += 1
-                    right = model.train_plan.correct if is_ce else 0
-                    if layers:
-                        record()
+                if ddp is not None:  # the global batch's loss, correct predictions and size
+                    value, right, m = ddp._step(xb, yb, loss_fn, optimizer, l1, l2, clip_grad_norm, clip_grad_value,
+                                                record if layers else None)
                 else:
-                    if on_cuda:  # Sequential's train_step raised if it could not run there; other modules cannot
-                        raise NotImplementedError(f"{type(model).__name__} cannot train on CUDA; a Sequential chain can")
-                    value, out = _per_layer_step(model, xb, yb, loss_fn, optimizer, l1, l2, clip_grad_norm,
-                                                 clip_grad_value, record if layers else lambda: None)
-                    right = int((out.argmax(1) == yb).sum()) if is_ce else 0
-                m = len(yb)
+                    value = None
+                    if not per_layer and isinstance(model, nn.Sequential):
+                        value = model._fused_step(xb, yb, loss_fn, optimizer, clip_grad_norm)
+                    if value is not None:
+                        fused_steps += 1
+                        right = model.train_plan.correct if is_ce else 0
+                        if layers:
+                            record()
+                    else:
+                        if on_cuda:  # Sequential's train_step raised if it could not run there; other modules cannot
+                            raise NotImplementedError(f"{type(model).__name__} cannot train on CUDA; a Sequential chain "
+                                                      "can")
+                        value, out = _per_layer_step(model, xb, yb, loss_fn, optimizer, l1, l2, clip_grad_norm,
+                                                     clip_grad_value, record if layers else lambda: None)
+                        right = int((out.argmax(1) == yb).sum()) if is_ce else 0
+                    m = len(yb)
                 total += value * (m if loss_fn.reduction == "mean" else 1)
                 correct += right
                 seen += m
@@ -369,7 +400,8 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
             if is_ce:
                 logs["accuracy"] = correct / seen
             if validation_data is not None:
-                val = evaluate(model, *validation_data, loss=loss_fn, batch_size=max(batch_size, 256))
+                kw = dict(loss=loss_fn, batch_size=max(batch_size, 256))
+                val = evaluate(model, *validation_data, **kw) if ddp is None else ddp.evaluate(*validation_data, **kw)
                 logs.update({"val_" + k: v for k, v in val.items()})
             seconds = time.perf_counter() - start
             history.epoch.append(epoch)
@@ -392,14 +424,15 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     for cb in callbacks:
         cb.on_train_end()
     history.params["fused"] = fused_steps > 0
+    history.params["world_size"] = ddp.world_size if ddp is not None else 1
     return history
 
 
-def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data):
-    """One epoch's (x, y) batches: from datasets.batches, or, with the data on the GPU, gathered there in
-    the same order (the same indices from the same generator)."""
+def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard=None):
+    """One epoch's (x, y) batches: from datasets.batches (this rank's part of each, with shard), or, with the
+    data on the GPU, gathered there in the same order (the same indices from the same generator)."""
     if device_data is None:
-        yield from datasets.batches(x, y, batch_size, shuffle, drop_last, rng)
+        yield from datasets.batches(x, y, batch_size, shuffle, drop_last, rng, shard=shard)
         return
     xd, yd = device_data
     index = np.arange(len(x), dtype=np.int64)

@@ -8,6 +8,10 @@ fit(): by default 784-256-128-10 ReLU, AdamW (lr 2e-3, weight decay 1e-4) with a
 schedule, label smoothing 0.1, batch 128, 20 epochs, inputs scaled to [0, 1] then standardised with
 the training set's mean and std. It prints progress, the test accuracy and the throughput, and writes
 a checkpoint and (with matplotlib) the training curves to --out.
+
+``mpirun -n N python -m fuseprop train --distributed ...`` trains data-parallel on N processes
+(fuseprop.distributed): --batch-size stays the global batch, so the run computes what one process
+computes; rank 0 alone prints and writes --out.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 
@@ -103,7 +108,35 @@ def build_mlp(sizes, activation: str, dropout: float = 0.0) -> nn.Sequential:
 
 
 def train(args) -> int:
+    if args.distributed:
+        return _train_distributed(args)
+    return _train(args, None)
+
+
+def _train_distributed(args) -> int:
+    """train() on every rank of MPI.COMM_WORLD. An error on one rank aborts the job, so that the other
+    ranks do not wait for it until their timeout."""
+    from fuseprop import distributed
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    try:
+        if "OMP_NUM_THREADS" not in os.environ:
+            fuseprop.set_num_threads(distributed.threads_per_rank(comm))
+        return _train(args, comm)
+    except BaseException as e:
+        if comm.Get_size() == 1 or (isinstance(e, SystemExit) and not e.code):
+            raise
+        traceback.print_exc()
+        print(f"rank {comm.Get_rank()} of {comm.Get_size()} failed; aborting the job", file=sys.stderr)
+        sys.stderr.flush()
+        comm.Abort(1)
+        raise
+
+
+def _train(args, comm) -> int:
     fuseprop.manual_seed(args.seed)
+    main = comm is None or comm.Get_rank() == 0
+    say = print if main else (lambda *a, **k: None)
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = load_data(args)
     x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255
@@ -123,20 +156,27 @@ def train(args) -> int:
     schedules = {"cosine": lambda: [training.CosineAnnealingLR(opt, steps, interval="step")],
                  "step": lambda: [training.StepLR(opt, max(1, args.epochs // 3), 0.1)], "none": lambda: []}
     loss_fn = losses.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    print(f"network {'-'.join(map(str, sizes))} {args.activation}, {sum(p.size for p in params)} parameters; "
+    ddp = None
+    if comm is not None:
+        from fuseprop.distributed import DataParallel
+        ddp = DataParallel(model, comm, timeout=args.timeout)
+    say(f"network {'-'.join(map(str, sizes))} {args.activation}, {sum(p.size for p in params)} parameters; "
           f"{len(x_train)} training and {len(x_test)} test samples ({args.dataset if not args.train_images else 'IDX files'}, "
-          f"loaded in {load_seconds:.1f} s); {args.optimizer} lr {args.lr} ({args.schedule}), batch {args.batch_size}")
+          f"loaded in {load_seconds:.1f} s); {args.optimizer} lr {args.lr} ({args.schedule}), batch {args.batch_size}"
+          + (f" over {ddp.world_size} ranks, {fuseprop.get_num_threads()} thread(s) each" if ddp else ""))
     fit_start = time.perf_counter()
     history = model.fit(x_train, y_train, loss=loss_fn, optimizer=opt, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(x_test, y_test) if args.validate else None, callbacks=schedules[args.schedule](),
-                        verbose=args.verbose, seed=args.seed)
+                        verbose=args.verbose, seed=args.seed, distributed=ddp or False)
     fit_seconds = time.perf_counter() - fit_start
-    result = model.evaluate(x_test, y_test, loss=loss_fn)
+    result = (ddp or model).evaluate(x_test, y_test, loss=loss_fn)
     total = time.perf_counter() - start
-    print(f"final test accuracy {result['accuracy']:.2%}  test loss {result['loss']:.4f}")
-    print(f"training {fit_seconds:.1f} s ({len(history.epoch) * len(x_train) / fit_seconds:,.0f} samples/s, "
-          f"fused native step: {history.params['fused']}); {total:.1f} s including loading and the test")
-    if args.out:
+    say(f"final test accuracy {result['accuracy']:.2%}  test loss {result['loss']:.4f}")
+    how = (f"{ddp.world_size} ranks, {ddp.stats['comm_seconds'] / ddp.stats['step_seconds']:.0%} of rank 0's step time "
+           "in communication" if ddp else f"fused native step: {history.params['fused']}")
+    say(f"training {fit_seconds:.1f} s ({len(history.epoch) * len(x_train) / fit_seconds:,.0f} samples/s, "
+        f"{how}); {total:.1f} s including loading and the test")
+    if args.out and main:
         os.makedirs(args.out, exist_ok=True)
         checkpoint.save_checkpoint(os.path.join(args.out, "checkpoint." + checkpoint.default_format()), model, opt,
                                    extra={"mean": mean, "std": std, "sizes": sizes, "activation": args.activation})
@@ -185,6 +225,11 @@ def main(argv=None) -> int:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
     t.add_argument("--out", help="folder for the checkpoint (model, optimizer, normalisation) and curves.png")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of mpirun (mpi4py); --batch-size is the global batch")
+    t.add_argument("--timeout", type=float, default=None,
+                   help="--distributed: seconds a rank waits for the others before it aborts the job "
+                   "(default $FUSEPROP_DIST_TIMEOUT or 60)")
 
     sub.add_parser("bench", add_help=False, help="the side-by-side speed table against NumPy (and PyTorch)")
     args, rest = parser.parse_known_args(argv)

@@ -104,7 +104,8 @@ class DataParallel:
     rank 0's values, and re-homes every ``param.grad`` into one flat buffer. bucket_bytes: gradients per
     all-reduce (a parameter is never split; None: one bucket, started after the whole backward).
     timeout: seconds any collective may take before this rank aborts the job (see the module docstring).
-    ``stats`` counts steps and the seconds spent in steps and in communication calls (waits included).
+    ``stats``: steps, and the seconds spent in them and, within them, in communication calls (starting,
+    testing and waiting for the all-reduces: the communication that did not overlap the backward).
     """
 
     def __init__(self, module, comm=None, *, bucket_bytes=DEFAULT_BUCKET_BYTES, timeout=None):
@@ -182,7 +183,8 @@ class DataParallel:
         return len(self._buckets)
 
     # -- collectives with deadlines
-    def _wait(self, requests, what: str):
+    def _wait(self, requests, what: str) -> float:
+        """Test the requests until all are complete (the seconds that took), or abort at the deadline."""
         start = time.perf_counter()
         deadline, pause = start + self.timeout, 0.0
         pending = list(requests)
@@ -195,7 +197,7 @@ class DataParallel:
                 self._abort(f"{what} did not complete within {self.timeout:g} s")
             time.sleep(pause)  # spin first (a step's all-reduce takes microseconds), then back off to 1 ms
             pause = min(1e-3, pause * 2 + 1e-5) if now - start > 1e-3 else 0.0
-        self.stats["comm_seconds"] += time.perf_counter() - start
+        return time.perf_counter() - start
 
     def _abort(self, problem: str):
         message = (f"fuseprop.distributed: rank {self.rank} of {self.world_size}: {problem}: another rank has "
@@ -252,7 +254,7 @@ class DataParallel:
             self._next += 1
         for r in self._requests:
             r.Test()  # MPI progresses non-blocking collectives inside MPI calls
-        self.stats["comm_seconds"] += time.perf_counter() - start
+        self._comm_seconds += time.perf_counter() - start
 
     def train_step(self, x, y, loss_fn, optimizer) -> float:
         """One data-parallel step on this rank's part (x, y) of the global batch: returns the global
@@ -276,7 +278,7 @@ class DataParallel:
                                "view into the all-reduced buffer: build the DataParallel again")
         mean = loss_fn.reduction == "mean"
         self._flat.fill(0)
-        self._pending, self._next, self._requests = list(self._bucket_sizes), 0, []
+        self._pending, self._next, self._requests, self._comm_seconds = list(self._bucket_sizes), 0, [], 0.0
         if n:
             out = model(x)
             value = loss_fn(out, y)
@@ -290,7 +292,8 @@ class DataParallel:
             else:
                 model.backward(grad)
         self._start(all_buckets=True)
-        self._wait(self._requests, f"the all-reduce of the gradients (step {self.stats['steps'] + 1})")
+        what = f"the all-reduce of the gradients (step {self.stats['steps'] + 1})"
+        self._comm_seconds += self._wait(self._requests, what)
         count, value, correct = (float(v) for v in self._extras)
         if count == 0:
             raise ValueError("every rank's part of the batch is empty")
@@ -311,6 +314,7 @@ class DataParallel:
                                          "learning rate too large?); the weights were overwritten")
         self.stats["steps"] += 1
         self.stats["step_seconds"] += time.perf_counter() - start
+        self.stats["comm_seconds"] += self._comm_seconds
         return value, int(round(correct)), int(round(count))
 
     # -- the model's face

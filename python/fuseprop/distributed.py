@@ -43,8 +43,8 @@ import numpy as np
 
 from . import losses, nn
 
-__all__ = ["DataParallel", "DistributedError", "LocalComm", "run_local", "threads_per_rank", "DEFAULT_TIMEOUT",
-           "DEFAULT_BUCKET_BYTES"]
+__all__ = ["DataParallel", "DistributedError", "LocalComm", "run_local", "threads_per_rank", "mpirun_command",
+           "DEFAULT_TIMEOUT", "DEFAULT_BUCKET_BYTES"]
 
 DEFAULT_TIMEOUT = 60.0  # seconds a rank waits for the others at any one collective; $FUSEPROP_DIST_TIMEOUT overrides
 DEFAULT_BUCKET_BYTES = 256 * 1024
@@ -513,3 +513,23 @@ def run_local(world_size: int, fn, timeout: float = 120.0) -> list:
         if e is not None:
             raise e
     return results
+
+
+def mpirun_command(ranks: int, mpirun: str = "mpirun") -> list:
+    """The mpirun argv that starts `ranks` processes on this machine, with what Open MPI needs in a
+    container: --oversubscribe (more ranks than cores), --allow-run-as-root when root, and no
+    single-copy shared-memory transfers (CMA needs ptrace rights that containers often lack).
+    Append your program: mpirun_command(2) + [sys.executable, "train.py"]."""
+    import shutil
+    import subprocess
+    path = shutil.which(mpirun)
+    if path is None:
+        raise FileNotFoundError(f"{mpirun} not found: install Open MPI (Debian: apt-get install openmpi-bin "
+                                "libopenmpi-dev)")
+    argv = [path, "-n", str(int(ranks))]
+    version = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+    if "Open MPI" in version or "Open RTE" in version:
+        argv += ["--oversubscribe", "--mca", "btl_vader_single_copy_mechanism", "none"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            argv.append("--allow-run-as-root")
+    return argv

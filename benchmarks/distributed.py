@@ -1,9 +1,10 @@
 """Data-parallel scaling on this machine: 1 vs 2 MPI ranks (fuseprop.distributed), samples/s and the
 share of the step spent in communication, next to one process running the fused native step.
 
-    python benchmarks/distributed.py [--ranks 1 2] [--windows 5] [--steps 40]
+    python benchmarks/distributed.py [--ranks 1 2] [--repeat 3] [--windows 5] [--steps 40]
 
-It starts itself under mpirun (fuseprop.distributed.mpirun_command) once per rank count. Each rank uses
+It starts itself under mpirun (fuseprop.distributed.mpirun_command) once per rank count and repeat,
+interleaving the rank counts and the single-process baseline, and reports the medians over repeats. Each rank uses
 threads_per_rank() threads (1 when mpirun binds a rank per core, as it does by default). Before timing,
 every configuration checks that all ranks hold the same weights after a few steps. Figures are medians
 over windows of `--steps` steps; "comm" is the part of a step spent starting, testing and waiting for
@@ -118,6 +119,7 @@ def single_process(args, threads):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--windows", type=int, default=5)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -127,22 +129,29 @@ def main():
 
     import fuseprop
     from fuseprop.distributed import mpirun_command
-    results = {}
-    for ranks in args.ranks:
-        proc = subprocess.run(mpirun_command(ranks) + [sys.executable, os.path.abspath(__file__), "--worker",
-                                                       "--windows", str(args.windows), "--steps", str(args.steps)],
-                              capture_output=True, text=True, timeout=1800)
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if proc.returncode or line is None:
-            raise SystemExit(f"{ranks} rank(s) failed:\n{proc.stdout}\n{proc.stderr}")
-        for row in json.loads(line[len("RESULT "):]):
-            results[(row["network"], row["batch"], ranks)] = row
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    baseline = {threads: {(r["network"], r["batch"]): r["samples_per_s"] for r in single_process(args, threads)}
-                for threads in sorted({1, cpus})}
+    runs, base_runs = {}, {}
+    for _ in range(args.repeat):
+        for ranks in args.ranks:
+            proc = subprocess.run(mpirun_command(ranks) + [sys.executable, os.path.abspath(__file__), "--worker",
+                                                           "--windows", str(args.windows), "--steps", str(args.steps)],
+                                  capture_output=True, text=True, timeout=1800)
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+            if proc.returncode or line is None:
+                raise SystemExit(f"{ranks} rank(s) failed:\n{proc.stdout}\n{proc.stderr}")
+            for row in json.loads(line[len("RESULT "):]):
+                runs.setdefault((row["network"], row["batch"], ranks), []).append(row)
+        for threads in sorted({1, cpus}):
+            for r in single_process(args, threads):
+                base_runs.setdefault(threads, {}).setdefault((r["network"], r["batch"]), []).append(r["samples_per_s"])
+    results = {key: {k: float(np.median([row[k] for row in rows])) for k in ("samples_per_s", "comm_share",
+                                                                             "allreduce_us")}
+               for key, rows in runs.items()}
+    baseline = {t: {key: float(np.median(v)) for key, v in rates.items()} for t, rates in base_runs.items()}
 
     print(f"fuseprop {fuseprop.__version__}, kernels {fuseprop.cpu_level()}, {cpus} CPUs; load average "
-          f"{os.getloadavg()[0]:.2f} at the end; medians of {args.windows} windows of {args.steps} steps")
+          f"{os.getloadavg()[0]:.2f} at the end; medians over {args.repeat} runs of the medians of {args.windows} "
+          f"windows of {args.steps} steps")
     head = f"{'network':16} {'batch':>6}" + "".join(f"  {'fused 1p/' + str(t) + 't':>12}" for t in baseline)
     for ranks in args.ranks:
         head += f"  {str(ranks) + ' rank(s)':>10} {'comm':>5}"

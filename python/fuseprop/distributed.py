@@ -171,6 +171,7 @@ class DataParallel:
         self._buckets = [self._flat[lo:hi] for lo, hi, _ in buckets]
         self._bucket_sizes = [len(ps) for _, _, ps in buckets]
         self._bucket_of = {id(p): i for i, (_, _, ps) in enumerate(buckets) for p in ps}
+        self._module_buckets = {}
         self._params = params
 
     @property
@@ -244,10 +245,12 @@ class DataParallel:
     # -- the step
     def _ready(self, module):
         """Sequential._backward's callback: module's gradients are written; start what is complete."""
-        for p in module.parameters():
-            i = self._bucket_of.get(id(p))
-            if i is not None:
-                self._pending[i] -= 1
+        buckets = self._module_buckets.get(module)
+        if buckets is None:  # the buckets of its parameters, looked up once per module
+            buckets = self._module_buckets[module] = [self._bucket_of[id(p)] for p in module.parameters()
+                                                      if id(p) in self._bucket_of]
+        for i in buckets:
+            self._pending[i] -= 1
         self._start(all_buckets=False)
 
     def _start(self, all_buckets: bool):

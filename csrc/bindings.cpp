@@ -673,6 +673,58 @@ void apply_hyper(std::vector<ParamSlot<T>>& slots, const py::sequence& steps, co
   }
 }
 
+struct PlanKinds {
+  LossKind loss;
+  OptimizerKind optimizer;
+  bool mean;  // reduction "mean" (else "sum")
+};
+
+// The settings a TrainPlan (CPU or CUDA) is built with, each checked.
+PlanKinds parse_plan_kinds(const py::sequence& layers, const std::string& loss, const std::string& optimizer,
+                           double label_smoothing, const std::string& reduction, int64_t groups) {
+  static const std::pair<const char*, LossKind> loss_kinds[] = {
+      {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
+  static const std::pair<const char*, OptimizerKind> optimizer_kinds[] = {
+      {"sgd", OptimizerKind::sgd}, {"adam", OptimizerKind::adam}, {"adamw", OptimizerKind::adamw}};
+  PlanKinds k{lookup_kind(loss_kinds, loss, "loss"), lookup_kind(optimizer_kinds, optimizer, "optimizer"), true};
+  check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
+  k.mean = parse_reduction(reduction);
+  if (groups < 1) throw py::value_error(cat("groups must be >= 1, got ", groups));
+  if (py::len(layers) == 0) throw py::value_error("a TrainPlan needs at least one layer");
+  return k;
+}
+
+struct LayerEntry {
+  Activation act;
+  double slope;
+  bool has_bias;
+};
+
+// One entry of a TrainPlan's layers: (activation, negative_slope, has_bias).
+LayerEntry parse_layer_entry(const py::handle& item) {
+  const py::tuple layer = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+  if (layer.size() != 3) throw py::value_error("each layers entry must be (activation, negative_slope, has_bias)");
+  LayerEntry e{parse_activation(layer[0].cast<std::string>()), layer[1].cast<double>(), layer[2].cast<bool>()};
+  check_finite_scalar(e.slope, "negative_slope");
+  return e;
+}
+
+// A refused or overflowed step as Sequential.train_step reports it; nothing for StepStatus::ok.
+void raise_for_status(const StepResult& result, const std::vector<std::string>& names) {
+  switch (result.status) {
+    case StepStatus::ok:
+      return;
+    case StepStatus::loss_not_finite:
+      throw_floating_point(cat("the loss is ", py::repr(py::float_(result.loss)).cast<std::string>(),
+                               "; the weights were not updated"));
+    case StepStatus::grad_not_finite:
+      throw_floating_point(cat("the gradient of ", names[result.slot], " is not finite; the weights were not updated"));
+    case StepStatus::param_not_finite:
+      throw_floating_point(cat("the optimizer update made ", names[result.slot], " non-finite (is the learning rate too "
+                               "large?); the weights were overwritten: reload them from a checkpoint"));
+  }
+}
+
 // A TrainPlan over a model's own arrays. The constructor checks every array once (dtype, layout,
 // writeability, shapes chaining layer to layer, no two sharing memory) and keeps a reference to each,
 // so the pointers the plan holds stay valid as long as it lives. step() checks the batch, the
@@ -687,16 +739,10 @@ class TrainPlanEntry {
   TrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
                  const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups)
       : groups_(groups) {
-    static const std::pair<const char*, LossKind> loss_kinds[] = {
-        {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
-    static const std::pair<const char*, OptimizerKind> optimizer_kinds[] = {
-        {"sgd", OptimizerKind::sgd}, {"adam", OptimizerKind::adam}, {"adamw", OptimizerKind::adamw}};
-    loss_ = lookup_kind(loss_kinds, loss, "loss");
-    optimizer_ = lookup_kind(optimizer_kinds, optimizer, "optimizer");
-    check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
-    const bool mean = parse_reduction(reduction);
-    if (groups < 1) throw py::value_error(cat("groups must be >= 1, got ", groups));
-    if (py::len(layers) == 0) throw py::value_error("a TrainPlan needs at least one layer");
+    const PlanKinds kinds = parse_plan_kinds(layers, loss, optimizer, label_smoothing, reduction, groups);
+    loss_ = kinds.loss;
+    optimizer_ = kinds.optimizer;
+    const bool mean = kinds.mean;
 
     // Each parameter: data, grad and state of one float dtype and data's shape, writeable, C-contiguous.
     const bool adam = optimizer_ != OptimizerKind::sgd;
@@ -742,11 +788,9 @@ class TrainPlanEntry {
     std::vector<LayerSpec> specs;
     size_t next = 0;
     for (const py::handle item : layers) {
-      const py::tuple layer = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
-      if (layer.size() != 3) throw py::value_error("each layers entry must be (activation, negative_slope, has_bias)");
-      LayerSpec spec{parse_activation(layer[0].cast<std::string>()), layer[1].cast<double>(), next, std::nullopt};
-      check_finite_scalar(spec.slope, "negative_slope");
-      const bool has_bias = layer[2].cast<bool>();
+      const LayerEntry layer = parse_layer_entry(item);
+      LayerSpec spec{layer.act, layer.slope, next, std::nullopt};
+      const bool has_bias = layer.has_bias;
       if (next + (has_bias ? 2 : 1) > data.size())
         throw py::value_error(cat("params has ", data.size(), " entries, fewer than the layers' weights and biases"));
       const py::array& w = data[next++];
@@ -834,18 +878,7 @@ class TrainPlanEntry {
       updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
       correct_ = result.correct;
       grad_norm_ = result.grad_norm;
-      switch (result.status) {
-        case StepStatus::ok:
-          return result.loss;
-        case StepStatus::loss_not_finite:
-          throw_floating_point(cat("the loss is ", py::repr(py::float_(result.loss)).cast<std::string>(),
-                                   "; the weights were not updated"));
-        case StepStatus::grad_not_finite:
-          throw_floating_point(cat("the gradient of ", names_[result.slot], " is not finite; the weights were not updated"));
-        case StepStatus::param_not_finite:
-          throw_floating_point(cat("the optimizer update made ", names_[result.slot], " non-finite (is the learning rate too "
-                                   "large?); the weights were overwritten: reload them from a checkpoint"));
-      }
+      raise_for_status(result, names_);
       return result.loss;
     });
   }
@@ -1574,16 +1607,10 @@ class CudaTrainPlanEntry {
                      const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups,
                      bool tf32, bool fused)
       : groups_(groups) {
-    static const std::pair<const char*, LossKind> loss_kinds[] = {
-        {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
-    static const std::pair<const char*, OptimizerKind> optimizer_kinds[] = {
-        {"sgd", OptimizerKind::sgd}, {"adam", OptimizerKind::adam}, {"adamw", OptimizerKind::adamw}};
-    loss_ = lookup_kind(loss_kinds, loss, "loss");
-    optimizer_ = lookup_kind(optimizer_kinds, optimizer, "optimizer");
-    check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
-    const bool mean = parse_reduction(reduction);
-    if (groups < 1) throw py::value_error(cat("groups must be >= 1, got ", groups));
-    if (py::len(layers) == 0) throw py::value_error("a TrainPlan needs at least one layer");
+    const PlanKinds kinds = parse_plan_kinds(layers, loss, optimizer, label_smoothing, reduction, groups);
+    loss_ = kinds.loss;
+    optimizer_ = kinds.optimizer;
+    const bool mean = kinds.mean;
     const bool adam = optimizer_ != OptimizerKind::sgd;
     std::vector<ParamSlot<float>> slots;
     std::vector<std::vector<int64_t>> shapes;
@@ -1635,12 +1662,7 @@ class CudaTrainPlanEntry {
     std::vector<DenseLayer<float>> dense;
     size_t next = 0;
     for (const py::handle item : layers) {
-      const py::tuple layer = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
-      if (layer.size() != 3) throw py::value_error("each layers entry must be (activation, negative_slope, has_bias)");
-      const Activation act = parse_activation(layer[0].cast<std::string>());
-      const double slope = layer[1].cast<double>();
-      check_finite_scalar(slope, "negative_slope");
-      const bool has_bias = layer[2].cast<bool>();
+      const auto [act, slope, has_bias] = parse_layer_entry(item);
       if (next + (has_bias ? 2 : 1) > slots.size())
         throw py::value_error(cat("params has ", slots.size(), " entries, fewer than the layers' weights and biases"));
       const size_t w = next++;
@@ -1701,17 +1723,7 @@ class CudaTrainPlanEntry {
     updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
     correct_ = result.correct;
     grad_norm_ = result.grad_norm;
-    switch (result.status) {
-      case StepStatus::ok:
-        break;
-      case StepStatus::loss_not_finite:
-        throw_floating_point(cat("the loss is ", py::repr(py::float_(result.loss)).cast<std::string>(), "; the weights were not updated"));
-      case StepStatus::grad_not_finite:
-        throw_floating_point(cat("the gradient of ", names_[result.slot], " is not finite; the weights were not updated"));
-      case StepStatus::param_not_finite:
-        throw_floating_point(cat("the optimizer update made ", names_[result.slot], " non-finite (is the learning rate too "
-                                 "large?); the weights were overwritten: reload them from a checkpoint"));
-    }
+    raise_for_status(result, names_);
     return result.loss;
   }
 
@@ -1792,29 +1804,56 @@ class CudaTrainPlanEntry {
   int64_t correct_ = 0;
 };
 
-// rows of src (N, D...) picked by index (B,) int64 in [0, N) (a host array) -> a new DeviceArray (B, D...)
-std::shared_ptr<DeviceArray> gather_rows_entry(const DeviceArray& src, const py::handle& index_obj) {
-  if (!src.on_cuda()) throw py::value_error(cat("src must be on a CUDA device, got one on ", src.device()));
-  if (src.shape.empty()) throw py::value_error("src must have at least one dimension (rows), got a 0-d array");
+// rows of each src (N, D...) picked by one index (B,) int64 in [0, N) (a host array, checked, sent over once)
+// -> a new DeviceArray (B, D...) per src: a DeviceArray for a DeviceArray, a tuple for a tuple (x and y of a batch).
+py::object gather_rows_entry(const py::handle& srcs_obj, const py::handle& index_obj) {
+  const bool single = is_device_array(srcs_obj);
+  std::vector<const DeviceArray*> srcs;
+  if (single) {
+    srcs.push_back(&srcs_obj.cast<const DeviceArray&>());
+  } else {
+    if (!py::isinstance<py::tuple>(srcs_obj)) throw py::type_error("src must be a DeviceArray or a tuple of DeviceArrays");
+    for (const py::handle h : srcs_obj.cast<py::tuple>()) {
+      if (!is_device_array(h)) throw py::type_error("src must be a DeviceArray or a tuple of DeviceArrays");
+      srcs.push_back(&h.cast<const DeviceArray&>());
+    }
+  }
+  for (const DeviceArray* src : srcs) {
+    if (!src->on_cuda()) throw py::value_error(cat("src must be on a CUDA device, got one on ", src->device()));
+    if (src->shape.empty()) throw py::value_error("src must have at least one dimension (rows), got a 0-d array");
+    if (src->shape[0] != srcs[0]->shape[0])
+      throw py::value_error(cat("every src must have the same number of rows, got ", srcs[0]->shape[0], " and ", src->shape[0]));
+  }
   const py::array index = as_array(index_obj, "index");
   if (!index.dtype().equal(py::dtype::of<int64_t>())) throw py::type_error(cat("index must have dtype int64, got ", dtype_str(index)));
   check_layout(index, "index");
   check_ndim(index, "index", 1);
-  const int64_t B = index.shape(0), N = src.shape[0];
+  const int64_t B = index.shape(0), N = srcs.empty() ? 0 : srcs[0]->shape[0];
   const int64_t* idx = static_cast<const int64_t*>(index.data());
   for (int64_t i = 0; i < B; ++i)
     if (idx[i] < 0 || idx[i] >= N) throw py::value_error(cat("index must be in [0, ", N, "); index[", i, "] is ", idx[i]));
-  std::vector<int64_t> shape = src.shape;
-  shape[0] = B;
-  auto out = device_empty(shape, src.type);
-  const int64_t D = N ? src.size() / N : 0;
-  py::gil_scoped_release nogil;
-  cuda::DeviceBuffer d_index(size_t(B) * sizeof(int64_t));
-  cuda::copy_to_device_staged(d_index.as<void>(), idx, d_index.bytes());
-  if (src.type == ElemType::f32) cuda::gather_rows(out->as<float>(), src.as<float>(), d_index.as<int64_t>(), B, D);
-  else cuda::gather_rows(out->as<int64_t>(), src.as<int64_t>(), d_index.as<int64_t>(), B, D);
-  cuda::synchronize();  // d_index is freed on return
-  return out;
+  std::vector<std::shared_ptr<DeviceArray>> outs;
+  for (const DeviceArray* src : srcs) {
+    std::vector<int64_t> shape = src->shape;
+    shape[0] = B;
+    outs.push_back(device_empty(shape, src->type));
+  }
+  {
+    py::gil_scoped_release nogil;
+    cuda::DeviceBuffer d_index(size_t(B) * sizeof(int64_t));
+    cuda::copy_to_device_staged(d_index.as<void>(), idx, d_index.bytes());
+    for (size_t s = 0; s < srcs.size(); ++s) {
+      const DeviceArray& src = *srcs[s];
+      const int64_t D = N ? src.size() / N : 0;
+      if (src.type == ElemType::f32) cuda::gather_rows(outs[s]->as<float>(), src.as<float>(), d_index.as<int64_t>(), B, D);
+      else cuda::gather_rows(outs[s]->as<int64_t>(), src.as<int64_t>(), d_index.as<int64_t>(), B, D);
+    }
+    cuda::synchronize();  // d_index is freed on return
+  }
+  if (single) return py::cast(outs[0]);
+  py::tuple t(outs.size());
+  for (size_t s = 0; s < outs.size(); ++s) t[s] = py::cast(outs[s]);
+  return t;
 }
 
 // a[start:stop] along the first axis: a view sharing a's memory (step 1 only)
@@ -1981,7 +2020,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("_dlpack_import_any", [](const py::handle& obj) { return import_dlpack(obj, true); }, "obj"_a,
         "as cuda_from_dlpack, but also takes CPU DLPack arrays (tests the import without a GPU)");
   m.def("_host_array", &host_array_for_tests, "a"_a, "a DeviceArray in host memory (a copy of a): tests the DLPack export without a GPU");
-  m.def("cuda_gather_rows", &gather_rows_entry, "src"_a, "index"_a, "src[index] along the first axis, on the device");
+  m.def("cuda_gather_rows", &gather_rows_entry, "src"_a, "index"_a, "src[index] along the first axis, on the device; src a DeviceArray or a tuple of them (one index upload)");
   m.def("cuda_synchronize", [] {
     require_device();
     py::gil_scoped_release nogil;

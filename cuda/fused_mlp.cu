@@ -21,6 +21,7 @@
 #include "activation_math.cuh"
 #include "csrc/activations.h"  // FUSEPROP_DISPATCH_ACTIVATION
 #include "launch.cuh"
+#include "warp.cuh"
 
 namespace fuseprop::cuda {
 
@@ -94,28 +95,6 @@ __device__ __forceinline__ float act_forward_rt(Activation act, float z, float s
 __device__ __forceinline__ float act_derivative_rt(Activation act, float z, float y, float slope) {
   FUSEPROP_DISPATCH_ACTIVATION(act, A, return act_derivative<A>(z, y, slope));
   return 1.f;
-}
-
-__device__ __forceinline__ float warp_max(float v) {  // NaN wins, as in losses.cu
-  for (int o = 16; o > 0; o /= 2) {
-    const float w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = (w > v || w != w) ? w : v;
-  }
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {  // the same butterfly order every time
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// Whether (v, i) comes before (w, j) in numpy's argmax: a NaN beats any number, a larger number beats a smaller
-// one, and among equals (or NaNs) the lower index wins.
-__device__ __forceinline__ bool argmax_before(float v, int i, float w, int j) {
-  const bool nan_v = v != v, nan_w = w != w;
-  if (nan_v != nan_w) return nan_v;
-  if (!nan_v && v != w) return v > w;
-  return i < j;
 }
 
 // as (BM,BK) = op(a)[0:BM, k0:k0+BK] and bs (BK,BN) = op(b)[k0:k0+BK, 0:BN], zero outside op(a) (M,K) and

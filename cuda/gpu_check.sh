@@ -21,6 +21,8 @@ python3 -m pytest -q -p no:cacheprovider tests/test_cuda*.py || tests=$?  # time
 python3 - <<'PY'
 # Device time only: fuseprop's cuda_matmul_time_ms times device-resident operands with CUDA events
 # (no host copies); torch.matmul is timed the same way, median of 20 after a warm-up.
+import sys
+
 import numpy as np
 import torch
 from fuseprop import _C
@@ -32,18 +34,9 @@ for tf32 in (True, False):
     print(f"fuseprop cuda_matmul {'TF32' if tf32 else 'FP32'} {n}^3: {ms:8.3f} ms  {flop / ms / 1e9:8.1f} GFLOP/s")
 
 torch.backends.cuda.matmul.allow_tf32 = True
-a = torch.full((n, n), 0.0115, device="cuda")
-b = torch.full((n, n), 0.0115, device="cuda")
-torch.matmul(a, b)
-times = []
-for _ in range(repeats):
-    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.matmul(a, b)
-    stop.record()
-    stop.synchronize()
-    times.append(start.elapsed_time(stop))
-ms_torch = float(np.median(times))
+sys.path.insert(0, "benchmarks")
+from gpu import torch_matmul_ms  # the same CUDA-event timing as the benchmark table
+ms_torch = torch_matmul_ms(torch, n, n, n, repeats)
 ms_tf32 = _C.cuda_matmul_time_ms(n, n, n, True, repeats)
 print(f"torch.matmul TF32 {n}^3: {ms_torch:8.3f} ms  {flop / ms_torch / 1e9:8.1f} GFLOP/s")
 print(f"fuseprop TF32 / torch TF32 time: {ms_tf32 / ms_torch:.2f}x")

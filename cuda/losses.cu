@@ -6,25 +6,13 @@
 
 #include "activation_math.cuh"
 #include "launch.cuh"
+#include "warp.cuh"
 
 namespace fuseprop::cuda {
 
 namespace {
 
 constexpr int kRowsPerBlock = 8;  // one warp per row
-
-__device__ __forceinline__ float warp_max(float v) {  // NaN wins, as in the CPU kernel
-  for (int o = 16; o > 0; o /= 2) {
-    const float w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = (w > v || w != w) ? w : v;
-  }
-  return v;
-}
-
-__device__ __forceinline__ float warp_sum(float v) {  // the same butterfly order every time
-  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // logits, dlogits (B,C) row-major, one warp per row; labels, row_loss (B)
 __global__ void cross_entropy_row_kernel(float* dlogits, double* row_loss, const float* logits, const int64_t* labels,
@@ -77,15 +65,9 @@ __global__ void sum_fixed_order_kernel(double* total, const double* x, int64_t n
   if (threadIdx.x == 0) *total = partial[0];
 }
 
-// Whether (v, i) comes before (best, at) in numpy's argmax order: the first NaN, else the largest value,
-// ties to the lower index. at == C means no candidate yet.
-__device__ __forceinline__ bool argmax_before(float v, int64_t i, float best, int64_t at, int64_t C) {
-  if (i == C) return false;
-  if (at == C) return true;
-  const bool v_nan = v != v, best_nan = best != best;
-  if (v_nan != best_nan) return v_nan;
-  if (v_nan) return i < at;
-  return v > best || (v == best && i < at);
+// (v, i) becomes the row's argmax candidate: at == C means none yet, i == C is no candidate.
+__device__ __forceinline__ bool better_candidate(float v, int64_t i, float best, int64_t at, int64_t C) {
+  return i != C && (at == C || argmax_before(v, i, best, at));
 }
 
 // logits (B,C), one warp per row: the row counts when its argmax is its label.
@@ -98,11 +80,11 @@ __global__ void count_correct_kernel(unsigned long long* correct, const float* l
   float best = 0.f;
   int64_t at = C;
   for (int64_t c = lane; c < C; c += 32)
-    if (argmax_before(x[c], c, best, at, C)) best = x[c], at = c;
+    if (better_candidate(x[c], c, best, at, C)) best = x[c], at = c;
   for (int o = 16; o > 0; o /= 2) {
     const float v = __shfl_xor_sync(0xffffffffu, best, o);
     const int64_t i = __shfl_xor_sync(0xffffffffu, at, o);
-    if (argmax_before(v, i, best, at, C)) best = v, at = i;
+    if (better_candidate(v, i, best, at, C)) best = v, at = i;
   }
   if (lane == 0 && at == labels[b]) atomicAdd(correct, 1ull);  // integer adds: any order gives the same count
 }

@@ -222,3 +222,7 @@ def test_gather_rows_picks_rows_on_the_device():
     np.testing.assert_array_equal(_C.cuda_gather_rows(d, idx).numpy(), src[idx])
     with pytest.raises(ValueError, match=r"index\[0\] is 5"):
         _C.cuda_gather_rows(d, np.array([5], np.int64))
+    labels = cuda.asarray(np.arange(5, dtype=np.int64))
+    xb, yb = _C.cuda_gather_rows((d, labels), idx)
+    np.testing.assert_array_equal(xb.numpy(), src[idx])
+    np.testing.assert_array_equal(yb.numpy(), idx)

@@ -141,7 +141,7 @@ def cuda_to_device(a: np.ndarray) -> DeviceArray: ...  # staged through pinned m
 def cuda_from_dlpack(obj: Any) -> DeviceArray: ...  # a CUDA DLPack array, no copy
 def _dlpack_import_any(obj: Any) -> DeviceArray: ...  # also CPU DLPack arrays (tests)
 def _host_array(a: np.ndarray) -> DeviceArray: ...  # a host-memory copy (tests of the DLPack export)
-def cuda_gather_rows(src: DeviceArray, index: np.ndarray) -> DeviceArray: ...
+def cuda_gather_rows(src: Any, index: np.ndarray) -> Any: ...  # a DeviceArray, or a tuple of them for a tuple
 def cuda_synchronize() -> None: ...
 class CudaTrainPlan:
     def __init__(self, layers: Sequence[Tuple[str, float, bool]], params: Sequence[tuple], *, loss: str, optimizer: str,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _C, cuda, nn
-from ._train_plan import _LOSSES, _OPTIMIZERS, layer_chain
+from ._train_plan import group_hyper, layer_chain, step_kinds
 from .functional import as_labels
 
 _F32 = np.dtype(np.float32)
@@ -29,13 +29,7 @@ class CudaStep:
     def __init__(self, loss_fn, optimizer):
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.plan = None
-        self.why_not = None
-        self._loss_kind = _LOSSES.get(type(loss_fn))
-        self._opt_kind = _OPTIMIZERS.get(type(optimizer))
-        if self._loss_kind is None:
-            self.why_not = f"{type(loss_fn).__name__} has no CUDA form (CrossEntropyLoss, MSELoss, BCEWithLogitsLoss do)"
-        elif self._opt_kind is None:
-            self.why_not = f"{type(optimizer).__name__} has no CUDA form (SGD, Adam, AdamW do)"
+        self._loss_kind, self._opt_kind, self.why_not = step_kinds(loss_fn, optimizer)
         self._key = None
         self._watch = []     # (state entry, key, array) the plan points into
         self._new_state = {}  # per parameter without state yet: what its first update publishes
@@ -62,8 +56,7 @@ class CudaStep:
         adam = self._opt_kind != "sgd"
         steps = ([e["step"] + 1 for e in self._entries] if adam else
                  [1 if p in self._new_state or "momentum_buffer" not in opt.state.get(p, {}) else 2 for p in self._params])
-        hyper = [(g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]) if adam else
-                 (g["lr"], g["momentum"], g["dampening"], g["nesterov"], g["weight_decay"]) for g in opt.param_groups]
+        hyper = group_hyper(opt.param_groups, adam)
         loss_fn._grad = loss_fn._grad_from = None
         try:
             loss = self.plan.step(x, y, hyper, steps, 0.0 if max_grad_norm is None else max_grad_norm)

@@ -55,6 +55,23 @@ def layer_chain(model):
     return chain
 
 
+def step_kinds(loss_fn, optimizer):
+    """(loss kind, optimizer kind, None) when a native plan (CPU or CUDA) takes them; else why not as the third."""
+    loss_kind, opt_kind = _LOSSES.get(type(loss_fn)), _OPTIMIZERS.get(type(optimizer))
+    if loss_kind is None:
+        return None, None, f"{type(loss_fn).__name__} has no fused form (CrossEntropyLoss, MSELoss, BCEWithLogitsLoss do)"
+    if opt_kind is None:
+        return None, None, f"{type(optimizer).__name__} has no fused form (SGD, Adam, AdamW do)"
+    return loss_kind, opt_kind, None
+
+
+def group_hyper(groups, adam: bool):
+    """Per param group, the hyper-parameter tuple TrainPlan.step (and CudaTrainPlan.step) takes."""
+    if adam:
+        return [(g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]) for g in groups]
+    return [(g["lr"], g["momentum"], g["dampening"], g["nesterov"], g["weight_decay"]) for g in groups]
+
+
 class FusedStep:
     """train_step for one (loss_fn, optimizer) as one native call, while the model allows it."""
 
@@ -63,14 +80,8 @@ class FusedStep:
     def __init__(self, loss_fn, optimizer):
         self.loss_fn, self.optimizer = loss_fn, optimizer
         self.plan = None
-        self.why_not = None
-        self._loss_kind = _LOSSES.get(type(loss_fn))
-        self._opt_kind = _OPTIMIZERS.get(type(optimizer))
-        if self._loss_kind is None:
-            self.why_not = f"{type(loss_fn).__name__} has no fused form"
-        elif self._opt_kind is None:
-            self.why_not = f"{type(optimizer).__name__} has no fused form"
-        else:
+        self._loss_kind, self._opt_kind, self.why_not = step_kinds(loss_fn, optimizer)
+        if self.why_not is None:
             self._group_key = _GROUP_KEYS[self._opt_kind]
         self._seen = None  # (nn._generation, loss settings, per group (params + hyper-parameters, len(params)))
         self._signature = None  # the arrays and settings the plan was built on (ids: the plan keeps them alive)
@@ -216,10 +227,7 @@ class FusedStep:
         self._track_state()
 
     def _hyper_of(self, groups):
-        """Per group, the tuple TrainPlan.step takes."""
-        if self._adam:
-            return [(g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]) for g in groups]
-        return [(g["lr"], g["momentum"], g["dampening"], g["nesterov"], g["weight_decay"]) for g in groups]
+        return group_hyper(groups, self._adam)
 
     def _track_state(self):
         """What the per-step state check compares, and the step counts the plan is given."""

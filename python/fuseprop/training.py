@@ -437,7 +437,7 @@ def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard
     xd, yd = device_data
     index = np.arange(len(x), dtype=np.int64)
     for ib, _ in datasets.batches(index, index, batch_size, shuffle, drop_last, rng):
-        yield _C.cuda_gather_rows(xd, np.ascontiguousarray(ib)), _C.cuda_gather_rows(yd, np.ascontiguousarray(ib))
+        yield _C.cuda_gather_rows((xd, yd), np.ascontiguousarray(ib))
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:

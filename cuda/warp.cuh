@@ -1,0 +1,31 @@
+// Warp-level reductions and numpy's argmax order, shared by the kernels that reduce rows (CUDA-only header).
+// The butterflies run in the same order every time, so their results are the same bits on every run.
+#pragma once
+
+#include <cstdint>
+
+namespace fuseprop::cuda {
+
+__device__ __forceinline__ float warp_max(float v) {  // NaN wins, as in the CPU kernel
+  for (int o = 16; o > 0; o /= 2) {
+    const float w = __shfl_xor_sync(0xffffffffu, v, o);
+    v = (w > v || w != w) ? w : v;
+  }
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Whether (v, i) comes before (w, j) in numpy's argmax: a NaN beats any number, a larger number beats a
+// smaller one, and among equals (or NaNs) the lower index wins.
+__device__ __forceinline__ bool argmax_before(float v, int64_t i, float w, int64_t j) {
+  const bool nan_v = v != v, nan_w = w != w;
+  if (nan_v != nan_w) return nan_v;
+  if (!nan_v && v != w) return v > w;
+  return i < j;
+}
+
+}  // namespace fuseprop::cuda

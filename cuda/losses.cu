@@ -6,6 +6,7 @@
 
 #include "activation_math.cuh"
 #include "launch.cuh"
+#include "step_checks.h"  // sum_fixed_order
 #include "warp.cuh"
 
 namespace fuseprop::cuda {
@@ -49,20 +50,6 @@ __global__ void cross_entropy_row_kernel(float* dlogits, double* row_loss, const
     row_loss[b] = loss;
   }
   for (int64_t c = lane; c < C; c += 32) d[c] = (expf(x[c] - lse) - (c == y ? on : off)) * grad_scale;
-}
-
-// x (n) -> total (1): one block; thread t sums x[t], x[t + 256], ... in order, then a fixed tree.
-__global__ void sum_fixed_order_kernel(double* total, const double* x, int64_t n) {
-  __shared__ double partial[kThreads];
-  double s = 0;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) s += x[i];
-  partial[threadIdx.x] = s;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) partial[threadIdx.x] += partial[threadIdx.x + half];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) *total = partial[0];
 }
 
 // (v, i) becomes the row's argmax candidate: at == C means none yet, i == C is no candidate.
@@ -110,10 +97,7 @@ __global__ void elementwise_loss_kernel(double* partial, float* grad, const floa
   }
   s[threadIdx.x] = acc;
   __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) s[threadIdx.x] += s[threadIdx.x + half];
-    __syncthreads();
-  }
+  block_sum(s);
   if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
 
@@ -123,8 +107,7 @@ void elementwise_loss(double* total, float* grad, double* partial, const float* 
   const int64_t blocks = n == 0 ? 1 : std::min<int64_t>((n + kThreads - 1) / kThreads, kLossPartials);
   elementwise_loss_kernel<L><<<static_cast<unsigned>(blocks), kThreads>>>(partial, grad, x, t, n, grad_scale);
   FUSEPROP_CUDA_CHECK_LAUNCH();
-  sum_fixed_order_kernel<<<1, kThreads>>>(total, partial, blocks);
-  FUSEPROP_CUDA_CHECK_LAUNCH();
+  sum_fixed_order(total, partial, blocks);
 }
 
 }  // namespace
@@ -155,8 +138,7 @@ void cross_entropy_forward_backward(double* total, float* dlogits, double* row_l
                                                                                     label_smoothing, grad_scale);
     FUSEPROP_CUDA_CHECK_LAUNCH();
   }
-  sum_fixed_order_kernel<<<1, kThreads>>>(total, row_loss, B);
-  FUSEPROP_CUDA_CHECK_LAUNCH();
+  sum_fixed_order(total, row_loss, B);
 }
 
 }  // namespace fuseprop::cuda

@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "launch.cuh"
+#include "warp.cuh"
 
 namespace fuseprop::cuda {
 
@@ -52,14 +53,6 @@ __global__ void flag_nonfinite_kernel(StepFlags* f, const float* x, int64_t n, i
   }
 }
 
-// Fixed tree over the block's kThreads values in shared memory; the result in s[0].
-__device__ void block_sum(double* s) {
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) s[threadIdx.x] += s[threadIdx.x + half];
-    __syncthreads();
-  }
-}
-
 // x (n) -> partial[blockIdx.x]: thread t of block b sums x[b*kThreads + t + k*grid*kThreads], k = 0, 1, ...
 __global__ void sum_squares_blocks_kernel(double* partial, const float* x, int64_t n) {
   __shared__ double s[kThreads];
@@ -72,11 +65,11 @@ __global__ void sum_squares_blocks_kernel(double* partial, const float* x, int64
   if (threadIdx.x == 0) partial[blockIdx.x] = s[0];
 }
 
-// partial (m) -> *out, one block, fixed order
-__global__ void sum_partials_kernel(double* out, const double* partial, int m) {
+// x (n) -> *out, one block: thread t sums x[t], x[t + kThreads], ... in order, then a fixed tree
+__global__ void sum_fixed_order_kernel(double* out, const double* x, int64_t n) {
   __shared__ double s[kThreads];
   double acc = 0;
-  for (int i = threadIdx.x; i < m; i += kThreads) acc += partial[i];
+  for (int64_t i = threadIdx.x; i < n; i += kThreads) acc += x[i];
   s[threadIdx.x] = acc;
   __syncthreads();
   block_sum(s);
@@ -127,7 +120,11 @@ void sum_squares(double* out, double* partial, const float* x, int64_t n) {
   const int64_t blocks = n == 0 ? 1 : std::min<int64_t>((n + kThreads - 1) / kThreads, kMaxPartials);
   sum_squares_blocks_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(partial, x, n);
   FUSEPROP_CUDA_CHECK_LAUNCH();
-  sum_partials_kernel<<<1, kThreads>>>(out, partial, int(blocks));
+  sum_fixed_order(out, partial, blocks);
+}
+
+void sum_fixed_order(double* out, const double* x, int64_t n) {
+  sum_fixed_order_kernel<<<1, kThreads>>>(out, x, n);
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 

@@ -28,6 +28,8 @@ void check_labels(StepFlags* flags, int64_t* clean, const int64_t* labels, int64
 void flag_nonfinite_loss(StepFlags* flags);
 // x (n): any element not finite -> bad_grad = min(bad_grad, slot), skip = 1 (as_param: bad_param, no skip).
 void flag_nonfinite(StepFlags* flags, const float* x, int64_t n, int32_t slot, bool as_param);
+// x (n) -> *out = sum x in one block, the same order on every run (n may be 0: *out = 0).
+void sum_fixed_order(double* out, const double* x, int64_t n);
 // x (n) -> *out = sum x^2 in double, the same order on every run (partial: kMaxPartials doubles of workspace).
 constexpr int kMaxPartials = 1024;
 void sum_squares(double* out, double* partial, const float* x, int64_t n);

@@ -1,8 +1,10 @@
-// Warp-level reductions and numpy's argmax order, shared by the kernels that reduce rows (CUDA-only header).
+// Warp- and block-level reductions and numpy's argmax order, shared by the kernels that reduce rows (CUDA-only header).
 // The butterflies run in the same order every time, so their results are the same bits on every run.
 #pragma once
 
 #include <cstdint>
+
+#include "launch.cuh"  // kThreads
 
 namespace fuseprop::cuda {
 
@@ -26,6 +28,15 @@ __device__ __forceinline__ bool argmax_before(float v, int64_t i, float w, int64
   if (nan_v != nan_w) return nan_v;
   if (!nan_v && v != w) return v > w;
   return i < j;
+}
+
+// Fixed tree over a block's kThreads values in shared memory s (written, then a __syncthreads, by the
+// caller); the sum lands in s[0]. Every thread of the block must call it.
+__device__ __forceinline__ void block_sum(double* s) {
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) s[threadIdx.x] += s[threadIdx.x + half];
+    __syncthreads();
+  }
 }
 
 }  // namespace fuseprop::cuda

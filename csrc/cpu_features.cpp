@@ -3,6 +3,11 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+
+#if defined(__linux__)
+#include <unistd.h>
+#endif
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <cpuid.h>
@@ -62,7 +67,59 @@ std::atomic<int>& active() {
   return level;
 }
 
+// Cache sizes from CPUID's deterministic cache parameters (leaf 4 on Intel, 0x8000001D on AMD):
+// ways * partitions * line size * sets of each data or unified cache, by level.
+CacheSizes cpuid_caches() {
+  CacheSizes c{0, 0, 0};
+#ifdef FUSEPROP_X86
+  unsigned int eax, ebx, ecx, edx;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return c;
+  const bool amd = ebx == 0x68747541;  // "Auth"enticAMD
+  const unsigned int leaf = amd ? 0x8000001D : 4;
+  if (amd && (!__get_cpuid(0x80000000, &eax, &ebx, &ecx, &edx) || eax < leaf)) return c;
+  if (!amd && eax < leaf) return c;
+  for (unsigned int i = 0; i < 16; ++i) {
+    __cpuid_count(leaf, i, eax, ebx, ecx, edx);
+    const unsigned int type = eax & 0x1f, level = (eax >> 5) & 0x7;
+    if (type == 0) break;
+    if (type == 2) continue;  // instruction cache
+    const int64_t bytes = int64_t((ebx >> 22) + 1) * (((ebx >> 12) & 0x3ff) + 1) * ((ebx & 0xfff) + 1) * (int64_t(ecx) + 1);
+    if (level == 1) c.l1d = bytes;
+    if (level == 2) c.l2 = bytes;
+    if (level == 3) c.l3 = bytes;
+  }
+#endif
+  return c;
+}
+
+CacheSizes detect_caches() {
+  CacheSizes c{0, 0, 0};
+  if (const char* env = std::getenv("FUSEPROP_CACHES")) {
+    long long l1 = 0, l2 = 0, l3 = 0;
+    if (std::sscanf(env, "%lld,%lld,%lld", &l1, &l2, &l3) == 3 && l1 > 0 && l2 > 0 && l3 > 0) return {l1, l2, l3};
+    std::fprintf(stderr, "fuseprop: ignoring FUSEPROP_CACHES=%s (expected three byte counts: l1d,l2,l3)\n", env);
+  }
+#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
+  c.l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+  c.l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  c.l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+  const CacheSizes id = cpuid_caches();
+  if (c.l1d <= 0) c.l1d = id.l1d;
+  if (c.l2 <= 0) c.l2 = id.l2;
+  if (c.l3 <= 0) c.l3 = id.l3;
+  if (c.l1d <= 0) c.l1d = 32 << 10;
+  if (c.l2 <= 0) c.l2 = 512 << 10;
+  if (c.l3 <= 0) c.l3 = 8 << 20;
+  return c;
+}
+
 }  // namespace
+
+const CacheSizes& cpu_cache_sizes() {
+  static const CacheSizes sizes = detect_caches();
+  return sizes;
+}
 
 const char* cpu_level_name(CpuLevel level) {
   switch (level) {

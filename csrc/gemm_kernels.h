@@ -18,6 +18,14 @@ template <typename T>
 using DotTileFn = void (*)(int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc, T alpha,
                            T beta, int64_t m, int64_t n);
 
+// Packing of the packed path (see gemm_pack_a_strip / gemm_pack_b_strip in matmul.h, the portable forms).
+template <typename T>
+using PackAFn = void (*)(T* ap, const T* a, int64_t lda, bool trans_a, int64_t i0, int64_t rows, int mr, int64_t p0,
+                         int64_t kc);
+template <typename T>
+using PackBFn = void (*)(T* bp, const T* b, int64_t ldb, bool trans_b, int64_t p0, int64_t kc, int64_t j0, int64_t cols,
+                         int nr);
+
 template <typename T>
 struct GemmKernels {
   const char* level;
@@ -26,7 +34,13 @@ struct GemmKernels {
   TileFn<T> direct_tile;
   int dm, dn;
   DotTileFn<T> dot_tile;
-  int64_t mc, kc, nc;  // cache blocking of the packed path: A blocks mc x kc, B panels kc x nc
+  PackAFn<T> pack_a;
+  PackBFn<T> pack_b;
+};
+
+// The cache blocking of the packed path: op(A) blocks mc x kc, op(B) panels kc x nc (see gemm_blocking).
+struct GemmBlocking {
+  int64_t mc, kc, nc;
 };
 
 #if defined(FUSEPROP_SIMD_X86)

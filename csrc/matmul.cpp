@@ -52,7 +52,7 @@ void generic_dot_tile(int64_t k, const T* a, int64_t lda, const T* b, int64_t ld
 template <typename T>
 const GemmKernels<T> generic_kernels = {
     "generic", kGenericMR, kGenericNR, generic_tile<T, true>, generic_tile<T, false>,
-    kGenericDM, kGenericDN, generic_dot_tile<T>, /*mc=*/96, /*kc=*/256, /*nc=*/2048};
+    kGenericDM, kGenericDN, generic_dot_tile<T>, gemm_pack_a_strip<T>, gemm_pack_b_strip<T>};
 
 std::atomic<int> forced_path{static_cast<int>(GemmPath::automatic)};
 
@@ -70,6 +70,19 @@ const GemmKernels<float>& gemm_kernels(float) {
 }
 
 const GemmKernels<double>& gemm_kernels(double) { return generic_kernels<double>; }
+
+// The cache blocking of the packed path, from the caches found at run time (cpu_features.h), as BLIS
+// derives its blocksizes: a kc x nr strip of op(B) stays in L1 while the mr-row strips of A stream
+// past it (half of L1, leaving room for those and for C), an mc x kc block of op(A) stays in L2
+// (half of it), and a kc x nc panel of op(B) stays in the core's share of L3.
+GemmBlocking gemm_blocking(int mr, int nr, int64_t elem) {
+  const CacheSizes& cache = cpu_cache_sizes();
+  auto clamp = [](int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); };
+  const int64_t kc = clamp(cache.l1d / 2 / (nr * elem) / 16 * 16, 64, 512);
+  const int64_t mc = clamp(cache.l2 / 2 / (kc * elem) / mr * mr, 4 * mr, 120 * mr);
+  const int64_t nc = clamp(cache.l3 / 4 / (kc * elem) / nr * nr, 16 * nr, 256 * nr);
+  return {mc, kc, nc};
+}
 
 GemmPath gemm_path() { return static_cast<GemmPath>(forced_path.load(std::memory_order_relaxed)); }
 void set_gemm_path(GemmPath path) { forced_path.store(static_cast<int>(path), std::memory_order_relaxed); }

@@ -40,6 +40,9 @@ void matmul_reference(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_
 const GemmKernels<float>& gemm_kernels(float);
 const GemmKernels<double>& gemm_kernels(double);
 
+// The packed path's blocking for an mr x nr register tile of elem-byte values, from the CPU's caches.
+GemmBlocking gemm_blocking(int mr, int nr, int64_t elem);
+
 // Which path the driver takes: auto (by shape), or forced, for tests and benchmarks.
 enum class GemmPath : int { automatic = 0, packed, direct, dot };
 GemmPath gemm_path();
@@ -52,11 +55,14 @@ struct NoEpilogue {
 };
 
 // One growable buffer per calling thread and purpose: after the first call of a given size, no allocation.
+// 64-byte aligned (a cache line, a ZMM register), so packed strips never straddle lines needlessly.
 template <typename T, int Slot>
 T* gemm_buffer(int64_t n) {
+  constexpr int64_t kAlign = 64 / sizeof(T);
   thread_local std::vector<T> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
+  if (static_cast<int64_t>(buf.size()) < n + kAlign) buf.resize(static_cast<size_t>(n + kAlign));
+  const uintptr_t at = reinterpret_cast<uintptr_t>(buf.data());
+  return buf.data() + ((64 - at % 64) % 64) / sizeof(T);
 }
 
 // op(A) rows [i0, i0+rows) x cols [p0, p0+kc) -> one strip of MR rows, zero-padded: Ap[p][r].
@@ -112,18 +118,19 @@ void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int
                    int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
                    const Epilogue& epilogue, int threads) {
   const int mr = kern.mr, nr = kern.nr;
-  const int64_t nc_max = N < kern.nc ? N : kern.nc;
-  T* Bp = gemm_buffer<T, 0>(kern.kc * ceil_div(nc_max, nr) * nr);  // the caller's, shared with the tasks
-  // Row blocks of at most kern.mc rows, and at least one per thread when M allows, so that threads
+  const GemmBlocking blk = gemm_blocking(mr, nr, sizeof(T));
+  const int64_t nc_max = N < blk.nc ? N : blk.nc;
+  T* Bp = gemm_buffer<T, 0>(blk.kc * ceil_div(nc_max, nr) * nr);  // the caller's, shared with the tasks
+  // Row blocks of at most blk.mc rows, and at least one per thread when M allows, so that threads
   // need not pack the same block of A twice.
   int64_t mc_block = ceil_div(ceil_div(M, threads), mr) * mr;
-  if (mc_block > kern.mc) mc_block = kern.mc;
+  if (mc_block > blk.mc) mc_block = blk.mc;
   const int64_t m_blocks = ceil_div(M, mc_block);
-  // K in equal slices of at most kern.kc (784 = 4 x 196, not 3 x 256 + 16: a thin last slice costs
+  // K in equal slices of at most blk.kc (784 = 4 x 196, not 3 x 256 + 16: a thin last slice costs
   // a whole read and write of C for little work).
-  const int64_t kc_even = ceil_div(K, ceil_div(K, kern.kc));
-  for (int64_t j0 = 0; j0 < N; j0 += kern.nc) {
-    const int64_t nc = N - j0 < kern.nc ? N - j0 : kern.nc, n_strips = ceil_div(nc, nr);
+  const int64_t kc_even = ceil_div(K, ceil_div(K, blk.kc));
+  for (int64_t j0 = 0; j0 < N; j0 += blk.nc) {
+    const int64_t nc = N - j0 < blk.nc ? N - j0 : blk.nc, n_strips = ceil_div(nc, nr);
     // Fewer row blocks than threads (small M): split the columns too.
     int64_t col_chunks = ceil_div(int64_t(threads), m_blocks);
     if (col_chunks > n_strips) col_chunks = n_strips;
@@ -134,14 +141,14 @@ void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int
       const int64_t pack_tasks = threads > 1 ? (n_strips < 4 * int64_t(threads) ? n_strips : 4 * int64_t(threads)) : 1;
       parallel_tasks(pack_tasks, threads, [&](int64_t t) {
         for (int64_t s = n_strips * t / pack_tasks; s < n_strips * (t + 1) / pack_tasks; ++s)
-          gemm_pack_b_strip(Bp + s * nr * kc, B, ldb, trans_b, p0, kc, j0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, nr);
+          kern.pack_b(Bp + s * nr * kc, B, ldb, trans_b, p0, kc, j0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, nr);
       });
       parallel_tasks(m_blocks * col_chunks, threads, [&](int64_t task) {
         const int64_t i0 = (task / col_chunks) * mc_block, chunk = task % col_chunks;
         const int64_t mc = M - i0 < mc_block ? M - i0 : mc_block;
-        T* Ap = gemm_buffer<T, 1>(kern.kc * ceil_div(kern.mc, mr) * mr);  // this thread's own
+        T* Ap = gemm_buffer<T, 1>(blk.kc * ceil_div(blk.mc, mr) * mr);  // this thread's own
         for (int64_t ir = 0; ir < mc; ir += mr)
-          gemm_pack_a_strip(Ap + ir * kc, A, lda, trans_a, i0 + ir, mc - ir < mr ? mc - ir : mr, mr, p0, kc);
+          kern.pack_a(Ap + ir * kc, A, lda, trans_a, i0 + ir, mc - ir < mr ? mc - ir : mr, mr, p0, kc);
         for (int64_t s = n_strips * chunk / col_chunks; s < n_strips * (chunk + 1) / col_chunks; ++s) {
           const int64_t cols = nc - s * nr < nr ? nc - s * nr : nr;
           for (int64_t ir = 0; ir < mc; ir += mr) {

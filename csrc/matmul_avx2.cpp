@@ -44,8 +44,8 @@ constexpr int DM = 3, DN = 4;
 
 extern const GemmKernels<float> gemm_kernels_avx2 = {
     "avx2", avx2::MR, avx2::NV * avx2::Avx2::width,
-    avx2::tile<avx2::Avx2, avx2::MR, avx2::NV, true>, avx2::tile<avx2::Avx2, avx2::MR, avx2::NV, false>,
+    avx2::packed_tile<avx2::Avx2, avx2::MR, avx2::NV>, avx2::tile<avx2::Avx2, avx2::MR, avx2::NV, false>,
     avx2::DM, avx2::DN, avx2::dot_tile<avx2::Avx2, avx2::DM, avx2::DN>,
-    /*mc=*/144, /*kc=*/256, /*nc=*/3072};
+    avx2::pack_a, avx2::pack_b};
 
 }  // namespace fuseprop

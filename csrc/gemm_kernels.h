@@ -39,8 +39,9 @@ struct GemmKernels {
 };
 
 // The cache blocking of the packed path: op(A) blocks mc x kc, op(B) panels kc x nc (see gemm_blocking).
+// whole_elements: the most elements (of op(A) and one op(B) panel, over all of K) packed at once.
 struct GemmBlocking {
-  int64_t mc, kc, nc;
+  int64_t mc, kc, nc, whole_elements;
 };
 
 #if defined(FUSEPROP_SIMD_X86)

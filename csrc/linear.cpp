@@ -1,8 +1,10 @@
 #include "linear.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "activations.h"
+#include "finite.h"
 #include "matmul.h"
 #include "threads.h"
 
@@ -39,10 +41,21 @@ void linear_forward(T* y, T* z, const T* x, const T* w, const T* b, int64_t B, i
   });
 }
 
+// On a finished tile of dw: notes whether it holds a NaN or an Inf (any thread may set the flag).
+template <typename T>
+struct NonfiniteEpilogue {
+  std::atomic<bool>* found;
+  void operator()(T* c, int64_t ldc, int64_t, int64_t, int64_t rows, int64_t cols) const {
+    for (int64_t r = 0; r < rows; ++r)
+      if (any_nonfinite(c + r * ldc, cols)) found->store(true, std::memory_order_relaxed);
+  }
+};
+
 // dy, z, y (B,OUT); x (B,IN); w (OUT,IN): dw += dz^T x, db += sum_rows dz, dx = dz w
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x, const T* w, const T* z,
-                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope, bool accumulate) {
+                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope, bool accumulate,
+                     bool* grads_nonfinite) {
   if (db && !accumulate) std::fill_n(db, OUT, T(0));
   // One pass over dy forms dz = dy * act'(z) and sums db. Threads take column blocks and each sums
   // its columns row after row: a fixed order, so db never depends on the thread count.
@@ -63,7 +76,14 @@ void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x,
   });
   const T* dz = act == Activation::identity ? dy : workspace;
   // dw (OUT,IN) += dz^T (OUT,B) . x (B,IN): op(A) = dz^T, so trans_a with lda = OUT.
-  matmul(dw, dz, x, OUT, IN, B, OUT, IN, IN, true, false, T(1), accumulate ? T(1) : T(0));
+  if (grads_nonfinite) {
+    std::atomic<bool> found{false};
+    matmul_blocked(dw, dz, x, OUT, IN, B, OUT, IN, IN, true, false, T(1), accumulate ? T(1) : T(0),
+                   NonfiniteEpilogue<T>{&found});
+    if (found.load() || (db && any_nonfinite(db, OUT))) *grads_nonfinite = true;
+  } else {
+    matmul(dw, dz, x, OUT, IN, B, OUT, IN, IN, true, false, T(1), accumulate ? T(1) : T(0));
+  }
   // dx (B,IN) = dz (B,OUT) . w (OUT,IN)
   if (dx) matmul(dx, dz, w, B, IN, OUT, OUT, IN, IN, false, false, T(1), T(0));
 }
@@ -71,7 +91,7 @@ void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x,
 #define FUSEPROP_INSTANTIATE(T)                                                                                   \
   template void linear_forward<T>(T*, T*, const T*, const T*, const T*, int64_t, int64_t, int64_t, Activation, T); \
   template void linear_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int64_t,    \
-                                   int64_t, int64_t, Activation, T, bool);
+                                   int64_t, int64_t, Activation, T, bool, bool*);
 FUSEPROP_INSTANTIATE(float)
 FUSEPROP_INSTANTIATE(double)
 #undef FUSEPROP_INSTANTIATE

@@ -109,33 +109,94 @@ inline bool gemm_is_small(int64_t M, int64_t N, int64_t K, size_t elem) {
   return (M * K + K * N + M * N) * int64_t(elem) <= (int64_t(256) << 10);
 }
 
-// The packed GEMM. For each kc x nc panel of op(B): the panel is packed once, its strips shared out
-// as tasks; then each task takes one mc-row block of op(A) (packed into its own buffer) and a range
-// of the panel's column strips, and computes those tiles. A phase waits only for tasks already
-// claimed, never for a thread to show up. Each element is summed by one task in a fixed k order.
+// The packed GEMM, in two forms that compute the same tiles in the same order, so the result never
+// depends on which one runs or on the thread count. K is cut into equal slices of at most kc (784 =
+// 4 x 196, not 3 x 256 + 16: a thin last slice costs a whole read and write of C for little work);
+// every mr x nr tile of C sums slice after slice, each slice in k order, and row strips start at
+// multiples of mr, column strips at multiples of nr from each nc panel's start.
+//  - whole (op(A) no taller than one L2 block, as in a training step's products): op(A) and the nc-wide
+//    panel of op(B) are packed for every k slice at once, by all threads together, then the tiles are
+//    shared out as ranges of column strips (or of row strips, when there are fewer column strips than
+//    threads). Two waits per panel, whatever K is.
+//  - blocked (taller op(A)): for each kc x nc panel of op(B), the threads pack the panel together,
+//    then each task packs one mc-row block of op(A) into its own buffer and computes its tiles. The
+//    row blocks are as many as fit in L2, rounded up to a multiple of the thread count and equal in
+//    size, so no thread is left with the stub.
+// A phase waits only for tasks already claimed, never for a thread to show up.
 template <typename T, typename Epilogue>
 void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K,
                    int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
                    const Epilogue& epilogue, int threads) {
   const int mr = kern.mr, nr = kern.nr;
   const GemmBlocking blk = gemm_blocking(mr, nr, sizeof(T));
+  const int64_t k_slices = ceil_div(K, blk.kc), kc_even = ceil_div(K, k_slices);
   const int64_t nc_max = N < blk.nc ? N : blk.nc;
-  T* Bp = gemm_buffer<T, 0>(blk.kc * ceil_div(nc_max, nr) * nr);  // the caller's, shared with the tasks
-  // Row blocks of at most blk.mc rows, and at least one per thread when M allows, so that threads
-  // need not pack the same block of A twice.
-  int64_t mc_block = ceil_div(ceil_div(M, threads), mr) * mr;
-  if (mc_block > blk.mc) mc_block = blk.mc;
-  const int64_t m_blocks = ceil_div(M, mc_block);
-  // K in equal slices of at most blk.kc (784 = 4 x 196, not 3 x 256 + 16: a thin last slice costs
-  // a whole read and write of C for little work).
-  const int64_t kc_even = ceil_div(K, ceil_div(K, blk.kc));
+  const int64_t m_strips = ceil_div(M, mr), max_n_strips = ceil_div(nc_max, nr);
+  auto slice_kc = [&](int64_t p0) { return K - p0 < kc_even ? K - p0 : kc_even; };
+
+  const bool whole = M <= blk.mc && (m_strips * mr + max_n_strips * nr) * K <= blk.whole_elements;
+  if (whole) {
+    T* Ap = gemm_buffer<T, 1>(m_strips * mr * K);  // slice p0 at Ap + p0 * m_strips * mr; strip i at + i * mr * kc
+    T* Bp = gemm_buffer<T, 0>(max_n_strips * nr * K);
+    for (int64_t j0 = 0; j0 < N; j0 += blk.nc) {
+      const int64_t nc = N - j0 < blk.nc ? N - j0 : blk.nc, n_strips = ceil_div(nc, nr);
+      // Packing units: (slice, strip) pairs, A's first (on the first panel only), then B's.
+      const int64_t a_units = j0 == 0 ? k_slices * m_strips : 0, units = a_units + k_slices * n_strips;
+      const int64_t pack_tasks = threads > 1 ? (units < 4 * int64_t(threads) ? units : 4 * int64_t(threads)) : 1;
+      parallel_tasks(pack_tasks, threads, [&](int64_t t) {
+        for (int64_t u = units * t / pack_tasks; u < units * (t + 1) / pack_tasks; ++u) {
+          if (u < a_units) {
+            const int64_t p0 = (u / m_strips) * kc_even, i = u % m_strips;
+            kern.pack_a(Ap + p0 * m_strips * mr + i * mr * slice_kc(p0), A, lda, trans_a, i * mr,
+                        M - i * mr < mr ? M - i * mr : mr, mr, p0, slice_kc(p0));
+          } else {
+            const int64_t v = u - a_units, p0 = (v / n_strips) * kc_even, s = v % n_strips;
+            kern.pack_b(Bp + p0 * n_strips * nr + s * nr * slice_kc(p0), B, ldb, trans_b, p0, slice_kc(p0),
+                        j0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, nr);
+          }
+        }
+      });
+      // Tiles: ranges of column strips (each B strip stays in L1 while A's strips stream past), or of
+      // row strips when the panel is too narrow to give every thread columns.
+      const bool by_rows = n_strips < int64_t(threads) && m_strips > n_strips;
+      const int64_t span = by_rows ? m_strips : n_strips;
+      const int64_t tasks = threads > 1 ? (span < 4 * int64_t(threads) ? span : 4 * int64_t(threads)) : 1;
+      parallel_tasks(tasks, threads, [&](int64_t t) {
+        const int64_t lo = span * t / tasks, hi = span * (t + 1) / tasks;
+        const int64_t s0 = by_rows ? 0 : lo, s1 = by_rows ? n_strips : hi;
+        const int64_t i0 = by_rows ? lo : 0, i1 = by_rows ? hi : m_strips;
+        for (int64_t p0 = 0; p0 < K; p0 += kc_even) {
+          const int64_t kc = slice_kc(p0);
+          const T beta_here = p0 == 0 ? beta : T(1);  // later k slices add to what the first wrote
+          const bool last_slice = p0 + kc == K;
+          for (int64_t s = s0; s < s1; ++s) {
+            const int64_t cols = nc - s * nr < nr ? nc - s * nr : nr;
+            for (int64_t i = i0; i < i1; ++i) {
+              const int64_t rows = M - i * mr < mr ? M - i * mr : mr;
+              T* Ct = C + i * mr * ldc + j0 + s * nr;
+              kern.packed_tile(kc, Ap + p0 * m_strips * mr + i * mr * kc, 0, 0, Bp + p0 * n_strips * nr + s * nr * kc, 0,
+                               Ct, ldc, alpha, beta_here, rows, cols);
+              if (last_slice) epilogue(Ct, ldc, i * mr, j0 + s * nr, rows, cols);
+            }
+          }
+        }
+      });
+    }
+    return;
+  }
+
+  T* Bp = gemm_buffer<T, 0>(blk.kc * max_n_strips * nr);  // the caller's, shared with the tasks
+  int64_t m_blocks = ceil_div(M, blk.mc);
+  m_blocks = ceil_div(m_blocks, threads) * threads;
+  const int64_t mc_block = ceil_div(ceil_div(M, m_blocks), mr) * mr;
+  m_blocks = ceil_div(M, mc_block);
   for (int64_t j0 = 0; j0 < N; j0 += blk.nc) {
     const int64_t nc = N - j0 < blk.nc ? N - j0 : blk.nc, n_strips = ceil_div(nc, nr);
-    // Fewer row blocks than threads (small M): split the columns too.
+    // Fewer row blocks than threads: split the columns too.
     int64_t col_chunks = ceil_div(int64_t(threads), m_blocks);
     if (col_chunks > n_strips) col_chunks = n_strips;
     for (int64_t p0 = 0; p0 < K; p0 += kc_even) {
-      const int64_t kc = K - p0 < kc_even ? K - p0 : kc_even;
+      const int64_t kc = slice_kc(p0);
       const T beta_here = p0 == 0 ? beta : T(1);  // later k slices add to what the first wrote
       const bool last_slice = p0 + kc == K;
       const int64_t pack_tasks = threads > 1 ? (n_strips < 4 * int64_t(threads) ? n_strips : 4 * int64_t(threads)) : 1;
@@ -146,7 +207,7 @@ void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int
       parallel_tasks(m_blocks * col_chunks, threads, [&](int64_t task) {
         const int64_t i0 = (task / col_chunks) * mc_block, chunk = task % col_chunks;
         const int64_t mc = M - i0 < mc_block ? M - i0 : mc_block;
-        T* Ap = gemm_buffer<T, 1>(blk.kc * ceil_div(blk.mc, mr) * mr);  // this thread's own
+        T* Ap = gemm_buffer<T, 1>(blk.kc * ceil_div(mc_block, mr) * mr);  // this thread's own
         for (int64_t ir = 0; ir < mc; ir += mr)
           kern.pack_a(Ap + ir * kc, A, lda, trans_a, i0 + ir, mc - ir < mr ? mc - ir : mr, mr, p0, kc);
         for (int64_t s = n_strips * chunk / col_chunks; s < n_strips * (chunk + 1) / col_chunks; ++s) {

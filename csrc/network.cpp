@@ -1,12 +1,10 @@
 #include "network.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <cstring>
-#include <type_traits>
 #include <utility>
 
+#include "finite.h"
 #include "linear.h"
 #include "losses.h"
 #include "optim.h"
@@ -15,25 +13,6 @@
 namespace fuseprop {
 
 namespace {
-
-// a (n): no NaN or Inf, i.e. no element with every exponent bit set. An integer test ORed over the
-// chunk has no branch and no floating-point reduction to keep in order, so the loop vectorises.
-template <typename T>
-bool all_finite(const T* a, int64_t n) {
-  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  constexpr Bits exponent = sizeof(T) == 4 ? Bits(0x7f800000u) : Bits(0x7ff0000000000000ull);
-  std::atomic<bool> finite{true};
-  parallel_for(n, 1, [&](int64_t begin, int64_t end) {
-    Bits bad = 0;
-    for (int64_t i = begin; i < end; ++i) {
-      Bits u;
-      std::memcpy(&u, a + i, sizeof u);
-      bad |= Bits((u & exponent) == exponent);
-    }
-    if (bad) finite.store(false, std::memory_order_relaxed);
-  });
-  return finite.load();
-}
 
 // logits (B,C), labels (B): rows whose first largest logit is at the label (accuracy without a second forward)
 template <typename T>
@@ -134,6 +113,7 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
 
   // Backward: dw_i += dz_i^T y_{i-1}, db_i += sum dz_i, dy_{i-1} = dz_i w_i; the first layer's dx is not needed.
   T* dz = workspace_.data() + B * dz_at_;
+  bool grads_nonfinite = false;  // set by the backward as it finishes each tile of the gradients
   for (size_t i = L; i-- > 0;) {
     const auto& l = layers_[i];
     const Buffers buf = buffers(i, B);
@@ -141,10 +121,11 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
     T* dx = i > 0 ? buffers(i - 1, B).dy : nullptr;
     // Writes (not adds) the gradients: the step's "zero the gradients" costs no pass of its own.
     linear_backward<T>(dx, l.dw, l.db, dz, buf.dy, layer_in, l.w, buf.z, buf.y, B, l.in, l.out, l.act, l.slope,
-                       /*accumulate=*/false);
+                       /*accumulate=*/false, &grads_nonfinite);
   }
-  for (size_t s = 0; s < params_.size(); ++s)
-    if (!all_finite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, 0, correct, int64_t(s)};
+  if (grads_nonfinite)  // name the first parameter whose gradient is not finite
+    for (size_t s = 0; s < params_.size(); ++s)
+      if (any_nonfinite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, 0, correct, int64_t(s)};
 
   // Clipping by the global norm: one pass to sum the squares (in double), one to scale, before the update.
   double grad_norm = 0;
@@ -158,19 +139,22 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
         for (int64_t i = 0; i < p.n; ++i) p.grad[i] *= T(coef);
   }
 
-  // Update every parameter, then report the first one the update made non-finite.
-  for (auto& p : params_) {
+  // Update every parameter (each update tests what it writes), then report the first one made non-finite.
+  int64_t first_nonfinite = -1;
+  for (size_t s = 0; s < params_.size(); ++s) {
+    ParamSlot<T>& p = params_[s];
     const OptimizerHyper& h = p.hyper;
+    bool nonfinite;
     if (optimizer_ == OptimizerKind::sgd) {
-      sgd_step<T>(p.param, p.state_a, p.grad, p.n, T(h.lr), T(h.momentum), T(h.dampening), h.nesterov,
-                  T(h.weight_decay), p.step == 1);
+      nonfinite = sgd_step<T>(p.param, p.state_a, p.grad, p.n, T(h.lr), T(h.momentum), T(h.dampening), h.nesterov,
+                              T(h.weight_decay), p.step == 1);
     } else {
-      adam_step<T>(p.param, p.state_a, p.state_b, p.grad, p.n, T(h.lr), T(h.beta1), T(h.beta2), T(h.eps),
-                   T(h.weight_decay), optimizer_ == OptimizerKind::adamw, p.step);
+      nonfinite = adam_step<T>(p.param, p.state_a, p.state_b, p.grad, p.n, T(h.lr), T(h.beta1), T(h.beta2), T(h.eps),
+                               T(h.weight_decay), optimizer_ == OptimizerKind::adamw, p.step);
     }
+    if (nonfinite && first_nonfinite < 0) first_nonfinite = int64_t(s);
   }
-  for (size_t s = 0; s < params_.size(); ++s)
-    if (!all_finite(params_[s].param, params_[s].n)) return {StepStatus::param_not_finite, loss, grad_norm, correct, int64_t(s)};
+  if (first_nonfinite >= 0) return {StepStatus::param_not_finite, loss, grad_norm, correct, first_nonfinite};
   return {StepStatus::ok, loss, grad_norm, correct, -1};
 }
 

@@ -1,12 +1,17 @@
 #include "optim.h"
 
+#include <atomic>
 #include <cmath>
 
+#include "finite.h"
 #include "threads.h"
 
 namespace fuseprop {
 
 namespace {
+
+// Elements updated between finiteness tests: small enough that the test reads them from L1.
+constexpr int64_t kCheckBlock = 2048;
 
 // The loops below see restrict pointers and no branch on the configuration (each one is a
 // template parameter), so they vectorise; the bindings have checked that no two arrays overlap.
@@ -48,7 +53,7 @@ void adam_range(T* __restrict param, T* __restrict exp_avg, T* __restrict exp_av
 
 // param, momentum_buffer, grad (n): PyTorch SGD
 template <typename T>
-void sgd_step(T* param, T* momentum_buffer, const T* grad, int64_t n, T lr, T momentum, T dampening,
+bool sgd_step(T* param, T* momentum_buffer, const T* grad, int64_t n, T lr, T momentum, T dampening,
               bool nesterov, T weight_decay, bool first_step) {
   // The configuration picks one specialised loop.
   using Range = void (*)(T*, T*, const T*, int64_t, T, T, T, T);
@@ -59,15 +64,21 @@ void sgd_step(T* param, T* momentum_buffer, const T* grad, int64_t n, T lr, T mo
   else if (first_step) range = decay ? sgd_range<T, true, true, false, true> : sgd_range<T, false, true, false, true>;
   else if (nesterov) range = decay ? sgd_range<T, true, true, true, false> : sgd_range<T, false, true, true, false>;
   else range = decay ? sgd_range<T, true, true, false, false> : sgd_range<T, false, true, false, false>;
+  std::atomic<bool> nonfinite{false};
   parallel_for(n, 4, [&](int64_t begin, int64_t end) {
-    range(param + begin, momentum_buffer ? momentum_buffer + begin : nullptr, grad + begin, end - begin, lr, momentum,
-          dampening, weight_decay);
+    for (int64_t b = begin; b < end; b += kCheckBlock) {  // each block tested while it is in L1
+      const int64_t e = end - b < kCheckBlock ? end : b + kCheckBlock;
+      range(param + b, momentum_buffer ? momentum_buffer + b : nullptr, grad + b, e - b, lr, momentum, dampening,
+            weight_decay);
+      if (any_nonfinite(param + b, e - b)) nonfinite.store(true, std::memory_order_relaxed);
+    }
   });
+  return nonfinite.load();
 }
 
 // param, exp_avg, exp_avg_sq, grad (n): PyTorch Adam / AdamW
 template <typename T>
-void adam_step(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n, T lr, T beta1, T beta2, T eps,
+bool adam_step(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n, T lr, T beta1, T beta2, T eps,
                T weight_decay, bool decoupled_weight_decay, int64_t step) {
   // Scalars in double, as PyTorch computes them in Python floats.
   const double bias_correction1 = 1.0 - std::pow(double(beta1), double(step));
@@ -75,17 +86,23 @@ void adam_step(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n, T 
   const T step_size = T(double(lr) / bias_correction1);
   const T bias_correction2_sqrt = T(std::sqrt(bias_correction2));
   const T decay = T(1.0 - double(lr) * double(weight_decay));
+  std::atomic<bool> nonfinite{false};
   parallel_for(n, 8, [&](int64_t begin, int64_t end) {
     auto range = decoupled_weight_decay ? adam_range<T, true, false>
                  : weight_decay != T(0) ? adam_range<T, false, true> : adam_range<T, false, false>;
-    range(param + begin, exp_avg + begin, exp_avg_sq + begin, grad + begin, end - begin, beta1, beta2, eps,
-          weight_decay, decay, step_size, bias_correction2_sqrt);
+    for (int64_t b = begin; b < end; b += kCheckBlock) {  // each block tested while it is in L1
+      const int64_t e = end - b < kCheckBlock ? end : b + kCheckBlock;
+      range(param + b, exp_avg + b, exp_avg_sq + b, grad + b, e - b, beta1, beta2, eps, weight_decay, decay, step_size,
+            bias_correction2_sqrt);
+      if (any_nonfinite(param + b, e - b)) nonfinite.store(true, std::memory_order_relaxed);
+    }
   });
+  return nonfinite.load();
 }
 
 #define FUSEPROP_INSTANTIATE(T)                                                                    \
-  template void sgd_step<T>(T*, T*, const T*, int64_t, T, T, T, bool, T, bool);                    \
-  template void adam_step<T>(T*, T*, T*, const T*, int64_t, T, T, T, T, T, bool, int64_t);
+  template bool sgd_step<T>(T*, T*, const T*, int64_t, T, T, T, bool, T, bool);                    \
+  template bool adam_step<T>(T*, T*, T*, const T*, int64_t, T, T, T, T, T, bool, int64_t);
 FUSEPROP_INSTANTIATE(float)
 FUSEPROP_INSTANTIATE(double)
 #undef FUSEPROP_INSTANTIATE

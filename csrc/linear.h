@@ -19,11 +19,8 @@ void linear_forward(T* y, T* z, const T* x, const T* w, const T* b, int64_t B, i
 // workspace holds dz: B*OUT elements, unused (may be null) when act is identity.
 // db is summed in the same pass that forms dz.
 // accumulate false writes dw and db instead of adding to them (the same result as zeroing them first).
-// grads_nonfinite, when given, is set (never cleared) when some element of dw or db is NaN or Inf after
-// the call: each tile of dw is tested as the GEMM finishes it, so the step needs no pass of its own.
 template <typename T>
 void linear_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x, const T* w, const T* z,
-                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope, bool accumulate = true,
-                     bool* grads_nonfinite = nullptr);
+                     const T* y, int64_t B, int64_t IN, int64_t OUT, Activation act, T slope, bool accumulate = true);
 
 }  // namespace fuseprop

@@ -1,6 +1,7 @@
 #include "network.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <utility>
 
@@ -13,6 +14,16 @@
 namespace fuseprop {
 
 namespace {
+
+// a (n): no NaN or Inf; large arrays are tested by all threads, each on its own chunks.
+template <typename T>
+bool all_finite(const T* a, int64_t n) {
+  std::atomic<bool> finite{true};
+  parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+    if (any_nonfinite(a + begin, end - begin)) finite.store(false, std::memory_order_relaxed);
+  });
+  return finite.load();
+}
 
 // logits (B,C), labels (B): rows whose first largest logit is at the label (accuracy without a second forward)
 template <typename T>
@@ -113,7 +124,6 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
 
   // Backward: dw_i += dz_i^T y_{i-1}, db_i += sum dz_i, dy_{i-1} = dz_i w_i; the first layer's dx is not needed.
   T* dz = workspace_.data() + B * dz_at_;
-  bool grads_nonfinite = false;  // set by the backward as it finishes each tile of the gradients
   for (size_t i = L; i-- > 0;) {
     const auto& l = layers_[i];
     const Buffers buf = buffers(i, B);
@@ -121,11 +131,10 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
     T* dx = i > 0 ? buffers(i - 1, B).dy : nullptr;
     // Writes (not adds) the gradients: the step's "zero the gradients" costs no pass of its own.
     linear_backward<T>(dx, l.dw, l.db, dz, buf.dy, layer_in, l.w, buf.z, buf.y, B, l.in, l.out, l.act, l.slope,
-                       /*accumulate=*/false, &grads_nonfinite);
+                       /*accumulate=*/false);
   }
-  if (grads_nonfinite)  // name the first parameter whose gradient is not finite
-    for (size_t s = 0; s < params_.size(); ++s)
-      if (any_nonfinite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, 0, correct, int64_t(s)};
+  for (size_t s = 0; s < params_.size(); ++s)
+    if (!all_finite(params_[s].grad, params_[s].n)) return {StepStatus::grad_not_finite, loss, 0, correct, int64_t(s)};
 
   // Clipping by the global norm: one pass to sum the squares (in double), one to scale, before the update.
   double grad_norm = 0;

@@ -2058,6 +2058,15 @@ PYBIND11_MODULE(_C, m) {
     if (!set_cpu_level(level))
       throw py::value_error(cat("this CPU cannot run the ", name, " kernels; available: up to ", cpu_level_name(cpu_level_supported())));
   }, "level"_a);
+  m.def("cpu_caches", [] {
+    const CacheSizes& c = cpu_cache_sizes();
+    return py::dict("l1d"_a = c.l1d, "l2"_a = c.l2, "l3"_a = c.l3);
+  }, "the data caches the GEMM blocking is derived from, in bytes (FUSEPROP_CACHES=l1d,l2,l3 overrides)");
+  m.def("gemm_blocking", [] {
+    const GemmKernels<float>& k = gemm_kernels(float{});
+    const GemmBlocking b = gemm_blocking(k.mr, k.nr, sizeof(float));
+    return py::dict("level"_a = k.level, "mr"_a = k.mr, "nr"_a = k.nr, "mc"_a = b.mc, "kc"_a = b.kc, "nc"_a = b.nc);
+  }, "the float GEMM's register tile (mr x nr) and cache blocking (mc, kc, nc) at the active level");
   m.def("get_num_threads", &num_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw py::value_error(cat("num_threads must be >= 1, got ", n));

@@ -162,3 +162,66 @@ def test_fuseprop_cpu_unknown_or_unsupported_falls_back_with_a_warning():
 def test_unknown_gemm_path_is_an_error():
     with pytest.raises(ValueError, match="path must be auto, packed, direct or dot"):
         _C._set_gemm_path("fast")
+
+
+BLOCKING_SCRIPT = r"""
+import json, sys
+import numpy as np
+import fuseprop
+from fuseprop import _C, functional as F
+out = {"caches": _C.cpu_caches(), "blocking": {}, "max_err": 0.0, "thread_mismatch": []}
+_C._set_gemm_path("packed")
+rng = np.random.default_rng(3)
+for level in _C.cpu_levels_available():
+    fuseprop.set_cpu_level(level)
+    out["blocking"][level] = _C.gemm_blocking()
+    # taller than mc (blocked form, row blocks), wider than nc (several panels), longer than kc (slices),
+    # and a short one (whole-K form, still several slices), with ragged edges everywhere
+    for m, n, k in [(301, 1100, 333), (50, 300, 70)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.normal(size=(k, m) if ta else (m, k)).astype(np.float32)
+                b = rng.normal(size=(n, k) if tb else (k, n)).astype(np.float32)
+                want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+                got = []
+                for t in (1, 2, 3, 4):
+                    fuseprop.set_num_threads(t)
+                    got.append(F.matmul(a, b, ta, tb))
+                err = float(np.max(np.abs(got[0] - want)) / np.max(np.abs(want)))
+                out["max_err"] = max(out["max_err"], err)
+                if not all(np.array_equal(g, got[0]) for g in got[1:]):
+                    out["thread_mismatch"].append([level, m, n, k, ta, tb])
+print(json.dumps(out))
+"""
+
+
+def test_blocking_follows_the_caches_and_every_blocking_is_exact_and_deterministic():
+    """FUSEPROP_CACHES shrinks the caches the blocking is derived from, so that moderate shapes take
+    the blocked form with several row blocks, column panels and k slices: results stay within float32
+    rounding of float64 and identical for 1-4 threads at every level."""
+    env = dict(os.environ, FUSEPROP_CACHES="8192,65536,262144")
+    proc = subprocess.run([sys.executable, "-c", BLOCKING_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+    out = json.loads(proc.stdout)
+    assert out["caches"] == {"l1d": 8192, "l2": 65536, "l3": 262144}
+    for level, b in out["blocking"].items():
+        assert b["kc"] <= 128 and b["mc"] < 301 and b["nc"] < 1100, (level, b)  # every shape above is cut up
+        assert b["mc"] % b["mr"] == 0 and b["nc"] % b["nr"] == 0, (level, b)
+    assert out["max_err"] < 1e-5
+    assert out["thread_mismatch"] == []
+
+
+def test_cache_sizes_and_blocking_are_reported():
+    caches, blocking = fuseprop.build_info()["cpu_caches"], fuseprop.build_info()["gemm_blocking"]
+    assert set(caches) == {"l1d", "l2", "l3"} and all(v > 0 for v in caches.values())
+    assert blocking["level"] == fuseprop.cpu_level()
+    assert blocking["mc"] % blocking["mr"] == 0 and blocking["nc"] % blocking["nr"] == 0 and blocking["kc"] >= 64
+
+
+def test_malformed_fuseprop_caches_is_ignored_with_a_warning():
+    env = dict(os.environ, FUSEPROP_CACHES="lots")
+    proc = subprocess.run([sys.executable, "-c", "from fuseprop import _C; print(_C.cpu_caches()['l1d'] > 0)"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "True"
+    assert "ignoring FUSEPROP_CACHES=lots" in proc.stderr

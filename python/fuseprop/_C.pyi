@@ -81,6 +81,8 @@ class TrainPlan:
 def cpu_level() -> str: ...  # "generic", "avx2" or "avx512": what the float kernels use now
 def cpu_levels_available() -> list[str]: ...  # lowest first
 def set_cpu_level(level: str) -> None: ...  # ValueError for an unknown or unsupported level
+def cpu_caches() -> dict[str, int]: ...  # {"l1d", "l2", "l3"} in bytes: what the GEMM blocking is derived from
+def gemm_blocking() -> dict: ...  # {"level", "mr", "nr", "mc", "kc", "nc"} of the float GEMM at the active level
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...  # n >= 1
 def _set_gemm_path(path: str) -> None: ...  # "auto", "packed", "direct" or "dot" (tests, benchmarks)

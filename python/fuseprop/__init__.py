@@ -52,6 +52,8 @@ def build_info() -> dict:
         "kernel_level": _C.cpu_level(),
         "kernel_levels_available": list(_C.cpu_levels_available()),
         "num_threads": _C.get_num_threads(),
+        "cpu_caches": _C.cpu_caches(),
+        "gemm_blocking": _C.gemm_blocking(),
         "cuda_compiled": cuda.is_compiled(),
         "cuda_available": cuda.is_available(),
         "cuda_status": cuda.status(),

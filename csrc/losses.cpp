@@ -17,9 +17,14 @@ double cross_entropy_forward_backward(T* dlogits, const T* logits, const int64_t
     const T* x = logits + b * C;
     T m = x[0];
     for (int64_t c = 1; c < C; ++c) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
+    // exp(x_c - m) once: summed for the log-sum-exp and kept in dlogits, where dividing it by the sum
+    // gives the softmax (no second exp per element).
     T sum = 0, sum_x = 0;
+    T* d = dlogits ? dlogits + b * C : nullptr;
     for (int64_t c = 0; c < C; ++c) {
-      sum += std::exp(x[c] - m);
+      const T e = std::exp(x[c] - m);
+      if (d) d[c] = e;
+      sum += e;
       sum_x += x[c];
     }
     const T lse = m + std::log(sum);
@@ -27,10 +32,8 @@ double cross_entropy_forward_backward(T* dlogits, const T* logits, const int64_t
     // -sum_c q_c (x_c - lse) = lse - (1-eps) x_y - (eps/C) sum_c x_c
     total += double(lse) - double(T(1) - label_smoothing) * double(x[y]);
     if (label_smoothing != T(0)) total -= double(off) * double(sum_x);  // skipped at 0: 0 * (-inf) would be NaN
-    if (dlogits) {
-      T* d = dlogits + b * C;
-      for (int64_t c = 0; c < C; ++c) d[c] = (std::exp(x[c] - lse) - (c == y ? on : off)) * grad_scale;
-    }
+    if (d)
+      for (int64_t c = 0; c < C; ++c) d[c] = (d[c] / sum - (c == y ? on : off)) * grad_scale;
   }
   return total;
 }

@@ -4,9 +4,8 @@ Every case fits the same model twice from the same start: once with native runs,
 batch from Python (training._NATIVE_EPOCHS = False, today's loop, which the other test files check against
 the per-layer path and the reference). Both must agree to the last bit: the history, every weight and
 gradient, the optimizer's state and param groups, the schedules, the plan's counters, the loss's gradient,
-and, when a batch is refused, the exception and everything it leaves behind. Then: the cases that need
-Python per batch really take the per-batch loop, and TrainPlan.run_batches refuses every bad argument
-before its first step.
+and, when a batch is refused, the exception and everything it leaves behind. The cases that need Python
+per batch really take the per-batch loop. (TrainPlan.run_batches on its own: tests/test_run_batches.py.)
 """
 from __future__ import annotations
 
@@ -223,6 +222,27 @@ def test_many_epochs_in_runs_of_any_length(monkeypatch, native_runs):
         native_runs.clear()
         assert_same(outcome(True, monkeypatch, make, epochs=6, batch_size=7), reference)
         assert max(native_runs) <= longest
+
+
+def test_native_runs_give_the_same_bits_whatever_the_thread_count(monkeypatch, native_runs):
+    # 784-64-10 at batch 64: GEMMs large enough to be split over threads.
+    def make():
+        fuseprop.manual_seed(5)
+        model = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+        rng = np.random.default_rng(6)
+        return (model, optim.Adam(model.parameters(), lr=1e-3), losses.CrossEntropyLoss(), [],
+                rng.random((320, 784), dtype=np.float32), rng.integers(0, 10, 320))
+
+    threads = fuseprop.get_num_threads()
+    try:
+        fuseprop.set_num_threads(1)
+        per_batch = outcome(False, monkeypatch, make, epochs=1, batch_size=64)
+        fuseprop.set_num_threads(3)
+        native = outcome(True, monkeypatch, make, epochs=1, batch_size=64)
+    finally:
+        fuseprop.set_num_threads(threads)
+    assert native_runs
+    assert_same(native, per_batch)
 
 
 def test_the_progress_bar_moves_between_runs(monkeypatch, native_runs):

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "activations.h"
+#include "batches.h"
 #include "cpu_features.h"
 #include "linear.h"
 #include "losses.h"
@@ -883,6 +884,121 @@ class TrainPlanEntry {
     });
   }
 
+  // Many steps in one call (fit's epochs): batch after batch gathered from the whole training set.
+  // x (N,IN) of the parameters' dtype; target: labels (N,) int64 for cross-entropy, else (N,OUT) of x's
+  // dtype. order: None (batch b is rows b*batch_size .. of x, in place) or (M,) int64 row indices in
+  // [0, N): batch b is order[b*batch_size : (b+1)*batch_size] (the last one may be shorter). Runs
+  // batches first_batch .. first_batch+n_batches-1, which must exist. hyper, steps: as step(), for the
+  // first of them; later steps count on (Adam +1 per update, SGD 2 after a momentum buffer's first).
+  // lrs: None, or (n_batches, groups) float64, finite and >= 0: batch first_batch+j's lr per group.
+  // Everything is checked (the labels and indices the batches use included) before the first step.
+  // Returns (losses (n_batches,) float64, correct (n_batches,) int64), one entry per batch. A refused
+  // step raises as step() does, after batches_done batches; updated, correct and grad_norm are the last
+  // step's, as after step().
+  py::tuple run_batches(const py::handle& x_obj, const py::handle& target_obj, const py::handle& order_obj,
+                        int64_t batch_size, int64_t first_batch, int64_t n_batches, const py::sequence& hyper,
+                        const py::sequence& steps, double max_grad_norm, const py::handle& lrs_obj) {
+    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    batches_done_ = 0;
+    if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
+    py::array x = as_array(x_obj, "x");
+    check_dtype(x, "x", dtype_, "the parameters");
+    check_layout(x, "x");
+    check_ndim(x, "x", 2);
+    if (x.shape(1) != in_features_)
+      throw py::value_error(cat("x must have ", in_features_, " features in its last dimension, got shape ", shape_str(x)));
+    const int64_t N = x.shape(0);
+    const bool labels = loss_ == LossKind::cross_entropy;
+    py::array target;
+    if (labels) {
+      target = as_array(target_obj, "labels");
+      if (!target.dtype().equal(py::dtype::of<int64_t>()))
+        throw py::type_error(cat("labels must be class indices with dtype int64, got ", dtype_str(target)));
+      check_layout(target, "labels");
+      check_shape(target, "labels", {N});
+    } else {
+      target = float_input_like(target_obj, "target", dtype_, "x");
+      check_shape(target, "target", {N, out_features_});
+    }
+    std::optional<py::array> order;
+    if (!order_obj.is_none()) {
+      order = as_array(order_obj, "order");
+      if (!order->dtype().equal(py::dtype::of<int64_t>()))
+        throw py::type_error(cat("order must hold row indices with dtype int64, got ", dtype_str(*order)));
+      check_layout(*order, "order");
+      check_ndim(*order, "order", 1);
+    }
+    if (batch_size < 1) throw py::value_error(cat("batch_size must be >= 1, got ", batch_size));
+    const int64_t rows = order ? order->shape(0) : N, batches = rows / batch_size + (rows % batch_size != 0);
+    if (first_batch < 0 || n_batches < 0 || first_batch > batches || n_batches > batches - first_batch)
+      throw py::value_error(cat("batches ", first_batch, " .. ", first_batch, " + ", n_batches, " do not exist: ", rows,
+                                " rows make ", batches, " batches of ", batch_size));
+    std::optional<py::array> lrs;
+    if (!lrs_obj.is_none()) {
+      lrs = as_array(lrs_obj, "lrs");
+      if (!lrs->dtype().equal(py::dtype::of<double>())) throw py::type_error(cat("lrs must have dtype float64, got ", dtype_str(*lrs)));
+      check_layout(*lrs, "lrs");
+      check_shape(*lrs, "lrs", {n_batches, groups_});
+      const double* v = ptr<double>(*lrs);
+      for (int64_t i = 0; i < n_batches * groups_; ++i)
+        if (!(std::isfinite(v[i]) && v[i] >= 0))
+          throw py::value_error(cat("lrs[", i / groups_, ", ", i % groups_, "] (the lr of param group ", i % groups_,
+                                    " in batch ", first_batch + i / groups_, ") must be finite and >= 0, got ", v[i]));
+    }
+    // The rows these batches use: their indices, then their labels.
+    const int64_t begin = first_batch * batch_size, end = first_batch + n_batches == batches ? rows : (first_batch + n_batches) * batch_size;
+    const int64_t* index = order ? ptr<int64_t>(*order) : nullptr;
+    for (int64_t i = begin; index && i < end; ++i)
+      if (index[i] < 0 || index[i] >= N)
+        throw py::value_error(cat("order[", i, "] is ", index[i], ": row indices must be in [0, ", N, ") for x of shape ", shape_str(x)));
+    if (labels) {
+      const int64_t* l = ptr<int64_t>(target);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = index ? index[i] : i;
+        if (l[r] < 0 || l[r] >= out_features_)
+          throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_,
+                                    " classes; labels[", r, "] is ", l[r]));
+      }
+    }
+    const int64_t B = std::min(batch_size, rows);
+    if (B > std::numeric_limits<int64_t>::max() / int64_t(sizeof(double)) / std::max({row_elements(), in_features_, out_features_}))
+      throw py::value_error(cat("a batch of ", B, " rows needs a workspace too large to allocate"));
+    const std::vector<OptimizerHyper> group_hyper = parse_hyper(hyper, groups_, optimizer_ == OptimizerKind::sgd);
+    dispatch(dtype_, [&](auto tag) {
+      apply_hyper(plan<decltype(tag)>()->params(), steps, names_, slot_group_, group_hyper, optimizer_ == OptimizerKind::sgd);
+    });
+
+    py::array_t<double> losses = empty<double>({n_batches});
+    py::array_t<int64_t> correct = empty<int64_t>({n_batches});
+    if (n_batches == 0) return py::make_tuple(losses, correct);
+    const BatchRun run = dispatch(dtype_, [&](auto tag) -> BatchRun {
+      using T = decltype(tag);
+      const BatchSource<T> src{ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target),
+                               index, rows, batch_size, in_features_, out_features_};
+      BatchBuffers<T>& buf = buffers<T>();
+      batches_reserve(buf, src);
+      busy_ = true;
+      updated_ = false;
+      try {
+        py::gil_scoped_release nogil;
+        const BatchRun r = fuseprop::run_batches(*plan<T>(), buf, ptr<double>(losses), ptr<int64_t>(correct), src,
+                                                 first_batch, n_batches, lrs ? ptr<double>(*lrs) : nullptr,
+                                                 slot_group_.data(), groups_, optimizer_, max_grad_norm);
+        busy_ = false;
+        return r;
+      } catch (...) {
+        busy_ = false;
+        throw;
+      }
+    });
+    batches_done_ = run.done;
+    updated_ = run.last.status == StepStatus::ok || run.last.status == StepStatus::param_not_finite;
+    correct_ = run.last.correct;
+    grad_norm_ = run.last.grad_norm;
+    raise_for_status(run.last, names_);
+    return py::make_tuple(losses, correct);
+  }
+
   // A new (B,OUT) array: the gradient of the last step's loss with respect to the model's output.
   py::array loss_grad() const {
     if (busy_) throw std::runtime_error("TrainPlan.step is running in another thread");
@@ -902,6 +1018,7 @@ class TrainPlanEntry {
   bool updated() const { return updated_; }
   int64_t correct() const { return correct_; }
   double grad_norm() const { return grad_norm_; }
+  int64_t batches_done() const { return batches_done_; }
 
  private:
   template <typename T>
@@ -913,8 +1030,17 @@ class TrainPlanEntry {
     if constexpr (std::is_same_v<T, float>) return f32_; else return f64_;
   }
 
+  template <typename T>
+  BatchBuffers<T>& buffers() {
+    if constexpr (std::is_same_v<T, float>) return f32_batches_; else return f64_batches_;
+  }
+  int64_t row_elements() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->row_elements(); }); }
+
   std::unique_ptr<TrainPlan<float>> f32_;
   std::unique_ptr<TrainPlan<double>> f64_;
+  BatchBuffers<float> f32_batches_;       // run_batches gathers each batch here
+  BatchBuffers<double> f64_batches_;
+  int64_t batches_done_ = 0;              // the last run_batches' batches whose step returned ok
   DType dtype_ = DType::f32;
   LossKind loss_ = LossKind::cross_entropy;
   OptimizerKind optimizer_ = OptimizerKind::sgd;
@@ -1917,6 +2043,9 @@ PYBIND11_MODULE(_C, m) {
            "layers"_a, "params"_a, py::kw_only(), "loss"_a, "optimizer"_a, "label_smoothing"_a = 0.0,
            "reduction"_a = "mean", "groups"_a = 1)
       .def("step", &TrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0)
+      .def("run_batches", &TrainPlanEntry::run_batches, "x"_a, "target"_a, "order"_a, "batch_size"_a, "first_batch"_a,
+           "n_batches"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0, "lrs"_a = py::none())
+      .def_property_readonly("batches_done", &TrainPlanEntry::batches_done)
       .def("loss_grad", &TrainPlanEntry::loss_grad)
       .def_property_readonly("allocations", &TrainPlanEntry::allocations)
       .def_property_readonly("capacity", &TrainPlanEntry::capacity)

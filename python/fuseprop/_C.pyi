@@ -62,6 +62,17 @@ class TrainPlan:
     # Returns the loss; FloatingPointError as Sequential.train_step.
     def step(self, x: np.ndarray, target: np.ndarray, hyper: Sequence[tuple], steps: Sequence[int],
              max_grad_norm: float = 0.0) -> float: ...
+    # Many steps in one call (fit's epochs): batches first_batch .. first_batch+n_batches-1 of x (N,IN) and
+    # target (labels (N,) int64 or (N,OUT)), batch b being rows order[b*batch_size : (b+1)*batch_size] gathered
+    # (order (M,) int64 in [0, N)), or rows b*batch_size .. of x in place (order None). hyper, steps: as step(),
+    # for the first batch (the counts move on after each update). lrs: None or (n_batches, groups) float64,
+    # each batch's lr per group. Everything is checked before the first step. Returns (losses, correct),
+    # (n_batches,) float64 and int64; a refused step raises as step() does, after batches_done batches.
+    def run_batches(self, x: np.ndarray, target: np.ndarray, order: Optional[np.ndarray], batch_size: int,
+                    first_batch: int, n_batches: int, hyper: Sequence[tuple], steps: Sequence[int],
+                    max_grad_norm: float = 0.0, lrs: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]: ...
+    @property
+    def batches_done(self) -> int: ...  # the last run_batches' batches whose step completed
     # (B,OUT): the gradient of the last step's loss with respect to the model's output (a new array)
     def loss_grad(self) -> np.ndarray: ...
     @property

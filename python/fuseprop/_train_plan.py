@@ -88,9 +88,9 @@ class FusedStep:
         self._watch, self._unpublished = [], []  # the optimizer state the plan points into (see _track_state)
         self._new_state = {}  # per parameter without state: what its first update puts into optimizer.state
 
-    def step(self, model, x, y, max_grad_norm=None):
-        """The loss of one fused step, or None when this model, loss and optimizer have no fused form.
-        max_grad_norm: clip all gradients together to that L2 norm before the update (as clip_grad_norm_)."""
+    def ready(self, model):
+        """The plan the next step runs, looked at again (and rebuilt) as every step does; None when this
+        model, loss and optimizer have no fused form."""
         if self._loss_kind is None or self._opt_kind is None:
             return None
         opt, loss_fn = self.optimizer, self.loss_fn
@@ -98,9 +98,15 @@ class FusedStep:
                 [(self._group_key(g), len(g["params"])) for g in opt.param_groups])
         if seen != self._seen or not self._state_unchanged():
             self._refresh(model, seen)
-        plan = self.plan
+        return self.plan
+
+    def step(self, model, x, y, max_grad_norm=None):
+        """The loss of one fused step, or None when this model, loss and optimizer have no fused form.
+        max_grad_norm: clip all gradients together to that L2 norm before the update (as clip_grad_norm_)."""
+        plan = self.ready(model)
         if plan is None:
             return None
+        loss_fn = self.loss_fn
 
         # Inputs, converted as the per-layer path converts them (a new array only when needed). The test
         # here is the quick one; an array it sends on that needs nothing comes back from as_input as it was.
@@ -131,6 +137,30 @@ class FusedStep:
         if model._tape is not None:  # the per-layer tape is stale now: Sequential.backward must not use it
             object.__setattr__(model, "_tape", None)
         return loss
+
+    def run_batches(self, model, x, y, order, batch_size, first, count, lrs=None, max_grad_norm=None):
+        """Batches first .. first+count-1 of an epoch as ONE native call (TrainPlan.run_batches), right after
+        ready() returned the plan: x (N, IN) and y (labels (N,) or targets (N, OUT)) in the plan's dtypes,
+        C-contiguous; order the epoch's rows (None: unshuffled); lrs None or (count, param groups): each
+        batch's lr. Returns (losses, correct) per batch, and leaves the plan, the optimizer's state, the loss
+        and the model as ``count`` step() calls on the same batches leave them: also when a batch is refused
+        (FloatingPointError, as step()) or an interrupt arrives as the call returns."""
+        plan, loss_fn = self.plan, self.loss_fn
+        steps = [e["step"] + 1 for e in self._entries] if self._adam else self._steps
+        before = plan.steps
+        loss_fn._grad = loss_fn._grad_from = None
+        try:
+            return plan.run_batches(x, y, order, batch_size, first, count, self._hyper, steps,
+                                    0.0 if max_grad_norm is None else max_grad_norm, lrs)
+        finally:
+            done, ran = plan.batches_done, plan.steps - before
+            if ran:
+                loss_fn._grad_from = plan
+            updates = done + (ran > done and plan.updated)
+            if updates:
+                self._count_update([s + updates - 1 for s in steps] if self._adam else steps)
+            if done and model._tape is not None:  # as after step(): the per-layer tape is stale
+                object.__setattr__(model, "_tape", None)
 
     def _state_unchanged(self) -> bool:
         """optimizer.state still holds the arrays the plan points into, and nothing for the parameters
@@ -220,7 +250,7 @@ class FusedStep:
         self.why_not = None
         self._adam = adam
         self._dtype = named[0][1].dtype
-        self._in_features = chain[0][0].in_features
+        self._in_features, self._out_features = chain[0][0].in_features, chain[-1][0].out_features
         self._params = [p for _, p in named]
         self._hyper = self._hyper_of(opt.param_groups)
         self._bufferless_groups = {gi for _, _, _, a, _, gi in params if a is None} if not adam else set()

@@ -648,9 +648,9 @@ class Sequential(Module):
         state.pop("_cuda_inference", None)
         return state
 
-    def _fused_step(self, x, y, loss_fn, optimizer, max_grad_norm=None):
-        """train_step as one native call (optionally clipping the gradients' global norm): its loss, or
-        None when it needs the per-layer path."""
+    def _fused_for(self, loss_fn, optimizer):
+        """The FusedStep (on CUDA: CudaStep) of this loss and optimizer, made when they change; None when
+        fused_train_step is off on the CPU."""
         on_cuda = self.device == "cuda"
         if not self.fused_train_step and not on_cuda:
             return None
@@ -663,8 +663,16 @@ class Sequential(Module):
             else:
                 from ._train_plan import FusedStep  # here: it imports losses and optim, which import nn
                 fused = self._fused = FusedStep(loss_fn, optimizer)
+        return fused
+
+    def _fused_step(self, x, y, loss_fn, optimizer, max_grad_norm=None):
+        """train_step as one native call (optionally clipping the gradients' global norm): its loss, or
+        None when it needs the per-layer path."""
+        fused = self._fused_for(loss_fn, optimizer)
+        if fused is None:
+            return None
         loss = fused.step(self, x, y, max_grad_norm)
-        if loss is None and on_cuda:
+        if loss is None and fused.on_cuda:
             raise NotImplementedError(f"this step cannot run on CUDA: {fused.why_not}")
         return loss
 

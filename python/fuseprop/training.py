@@ -9,6 +9,11 @@ native step scales the gradients by the global norm between backward and update)
 fused. Dropout, l1, l2 and clip_grad_value take the per-layer path: forward, loss, backward,
 penalties, clipping and ``optimizer.step()`` around the same kernels.
 
+On the CPU, when the fused step runs and nothing needs Python per batch (no augment, no grad_norm_history,
+no callback with its own on_batch_end except the built-in LR schedules), an epoch runs as a few native calls
+of many steps each (_NativeEpochs, TrainPlan.run_batches): the same order, steps, lrs, losses and failures
+as the per-batch loop, bit for bit, with no Python between batches.
+
 With distributed=..., every step runs layer by layer on each rank's part of the global batch, with the
 gradients all-reduced between backward and update (fuseprop.distributed); penalties and clipping apply
 to the averaged gradients.
@@ -350,6 +355,12 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
 
     # On the GPU without augmentation the data goes over once; each batch is then gathered there.
     device_data = (cuda.asarray(x), cuda.asarray(y)) if on_cuda and augment is None else None
+    # On the CPU, with nothing per batch in Python, runs of many fused steps in one native call each.
+    native = None
+    if (_NATIVE_EPOCHS and ddp is None and not on_cuda and not per_layer and not layers and augment is None
+            and isinstance(model, nn.Sequential) and isinstance(batch_size, (int, np.integer))
+            and not isinstance(batch_size, bool)):
+        native = _NativeEpochs(model, x, y, loss_fn, optimizer, int(batch_size), drop_last, clip_grad_norm)
     was_training = model.training
     for cb in callbacks:
         cb.model = model
@@ -362,10 +373,16 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 cb.on_epoch_begin(epoch)
             bar = _progress_bar(verbose, steps, f"epoch {epoch + 1}/{epochs}")
             start = time.perf_counter()
-            total = correct = seen = 0
-            shard = (ddp.rank, ddp.world_size) if ddp is not None else None
-            batches = _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard)
-            for b, (xb, yb) in enumerate(batches):
+            total = correct = seen = first = 0
+            if native is not None:  # the batches it leaves (none, unless it cannot start) run one by one below
+                order = rng.permutation(n) if shuffle else None  # as datasets.batches draws it
+                first, total, correct, seen = native.epoch(order, callbacks, bar)
+                fused_steps += first
+                batches = _ordered_batches(x, y, order, batch_size, native.stop, first)
+            else:
+                shard = (ddp.rank, ddp.world_size) if ddp is not None else None
+                batches = _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard)
+            for b, (xb, yb) in enumerate(batches, first):
                 if augment is not None and len(xb):
                     xb = augment(xb)
                 if ddp is not None:  # the global batch's loss, correct predictions and size
@@ -428,6 +445,15 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     return history
 
 
+def _ordered_batches(x, y, order, batch_size, stop, first=0):
+    """Batches first, first+1, ... of an epoch over the rows order names (None: unshuffled), up to row stop,
+    cut as datasets.batches cuts them."""
+    for start in range(first * batch_size, stop, batch_size):
+        end = min(start + batch_size, stop)
+        index = slice(start, end) if order is None else order[start:end]
+        yield x[index], y[index]
+
+
 def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard=None):
     """One epoch's (x, y) batches: from datasets.batches (this rank's part of each, with shard), or, with the
     data on the GPU, gathered there in the same order (the same indices from the same generator)."""
@@ -438,6 +464,145 @@ def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard
     index = np.arange(len(x), dtype=np.int64)
     for ib, _ in datasets.batches(index, index, batch_size, shuffle, drop_last, rng):
         yield _C.cuda_gather_rows((xd, yd), np.ascontiguousarray(ib))
+
+
+_NATIVE_EPOCHS = True  # False: fit steps batch by batch from Python even where native runs could (tests compare)
+_RUN_SECONDS = 0.05  # about how long one native run of batches lasts: the bar moves, and Ctrl-C lands, between runs
+_MAX_RUN = 1 << 14  # batches in one native run at most (the first run has min(16, _MAX_RUN))
+_BUILTIN_SCHEDULES = (StepLR._lr, CosineAnnealingLR._lr, LinearWarmup._lr)
+
+
+class _NativeEpochs:
+    """fit's epochs as native runs of many fused steps (FusedStep.run_batches: the batches are gathered
+    and stepped in C++, without the GIL), computing exactly what fit's per-batch loop computes: the same
+    order, the same steps bit for bit, the same losses summed in the same order, the same lr at every step
+    (schedules that step per batch are given as each step's lr), and on a refused step the same exception
+    with everything left as that loop leaves it.
+
+    An epoch runs batch by batch instead when anything in it needs Python per batch: a callback's
+    on_batch_end other than an LR schedule with a built-in formula, a model, loss or optimizer with no fused
+    form (or fused_train_step off), or data the fused step would refuse (it then raises as it does today)."""
+
+    def __init__(self, model, x, y, loss_fn, optimizer, batch_size, drop_last, clip_grad_norm):
+        self.model, self.loss_fn, self.optimizer, self.clip = model, loss_fn, optimizer, clip_grad_norm
+        self.x, self.y, self.batch_size = x, y, batch_size
+        n = len(x)
+        self.stop = n - n % batch_size if drop_last else n
+        self.steps = math.ceil(self.stop / batch_size)
+        self.mean = loss_fn.reduction == "mean"
+        self.run = min(16, _MAX_RUN)  # batches per native call, adapted to last about _RUN_SECONDS
+        self._data = None  # (x, y) C-contiguous and aligned, for the native gather
+
+    def epoch(self, order, callbacks, bar):
+        """Runs the epoch's batches over order; returns (batches run, loss total, correct, samples) as
+        fit's loop sums them. Runs none when the epoch must go batch by batch."""
+        if self.steps == 0:
+            return 0, 0, 0, 0
+        schedules = _batch_schedules(callbacks)
+        fused = self.model._fused_for(self.loss_fn, self.optimizer) if schedules is not None else None
+        plan = fused.ready(self.model) if fused is not None else None
+        if plan is None or not self._data_fits(fused):
+            return 0, 0, 0, 0
+        x, y = self._data
+        bs, stop = self.batch_size, self.stop
+        b = total = correct = seen = 0
+        while b < self.steps:
+            if b and fused.ready(self.model) is not plan:  # no Python ran but ours: nothing can have changed
+                break
+            count = min(self.run, self.steps - b)
+            lrs, count = _batch_lrs(schedules, self.optimizer, count)
+            started, done = time.perf_counter(), 0
+            try:
+                losses, right = fused.run_batches(self.model, x, y, order, bs, b, count, lrs, self.clip)
+                done = count
+            finally:  # also on a refused step: what the per-batch loop did after the batches that ran
+                done = done or plan.batches_done
+                if done:
+                    _step_schedules(schedules, done)
+                    if bar is not None:
+                        bar.update(done)
+            elapsed = time.perf_counter() - started
+            for j, value in enumerate(losses.tolist(), b):
+                m = min(bs, stop - j * bs)
+                total += value * (m if self.mean else 1)
+                seen += m
+            correct += int(right.sum())
+            b += count
+            self.run = max(1, min(self.run * 8, _MAX_RUN, int(_RUN_SECONDS * count / max(elapsed, 1e-9))))
+        return b, total, correct, seen
+
+    def _data_fits(self, fused) -> bool:
+        """x and y as the fused step takes them (else the per-batch loop raises as it does today); the
+        arrays, made C-contiguous once, in self._data."""
+        x, y, dtype = self.x, self.y, fused._dtype
+        if x.dtype != dtype or x.ndim != 2 or x.shape[1] != fused._in_features:
+            return False
+        if fused._loss_kind == "cross_entropy":
+            if y.dtype != np.int64 or y.ndim != 1 or y.min() < 0 or y.max() >= fused._out_features:
+                return False
+        elif y.dtype != dtype or y.ndim != 2 or y.shape[1] != fused._out_features:
+            return False
+        if self._data is None:
+            self._data = tuple(np.require(a, None, ["C_CONTIGUOUS", "ALIGNED"]) for a in (x, y))
+        return True
+
+
+def _batch_schedules(callbacks):
+    """The LR schedules whose on_batch_end steps them (interval "step"), in callback order, when every
+    callback's on_batch_end is Callback's (nothing) or an LRScheduler's with a built-in formula; else None."""
+    schedules = []
+    for cb in callbacks:
+        kind = type(cb)
+        if "on_batch_end" in getattr(cb, "__dict__", ()):
+            return None
+        if kind.on_batch_end is Callback.on_batch_end:
+            continue
+        if not isinstance(cb, LRScheduler) or kind.on_batch_end is not LRScheduler.on_batch_end:
+            return None
+        if cb.interval != "step":
+            continue
+        if (kind._lr not in _BUILTIN_SCHEDULES or kind.step is not LRScheduler.step or kind._apply is not LRScheduler._apply
+                or any(k in cb.__dict__ for k in ("_lr", "step", "_apply"))):
+            return None
+        schedules.append(cb)
+    return schedules
+
+
+def _batch_lrs(schedules, optimizer, count):
+    """(lrs, count): lrs (count, param groups) float64, the lr of each group at each of the next count
+    steps as the schedules set them after every step (row 0: the lrs now), or None when no schedule steps
+    per batch. count shrinks to the steps before the first whose lr a schedule cannot give (its formula
+    raises) or the fused step would refuse: the per-batch loop then meets that as it does today."""
+    if not schedules:
+        return None, count
+    groups = optimizer.param_groups
+    row = [g["lr"] for g in groups]
+    rows = [list(row)]
+    try:
+        for j in range(1, count):
+            for s in schedules:  # each schedule's whole round, as its step() would run it
+                lrs = [s._lr(base, s.last_epoch + j) for base in s.base_lrs[:len(s.optimizer.param_groups)]]
+                if s.optimizer is optimizer:
+                    row[:len(lrs)] = lrs
+            if not all(isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
+                       and math.isfinite(v) and v >= 0 for v in row):
+                break
+            rows.append(list(row))
+    except Exception:  # noqa: BLE001  (the per-batch loop raises it from on_batch_end after the steps before)
+        pass
+    return np.array(rows, dtype=np.float64), len(rows)
+
+
+def _step_schedules(schedules, done):
+    """After done >= 1 steps: the schedules as done rounds of on_batch_end calls leave them. Each round sets
+    the same lrs again, so the rounds before the last two just count; the last two run as they would (the
+    last one may raise, as it would, after the one before has set every lr)."""
+    rounds = min(done, 2)
+    for s in schedules:
+        s.last_epoch += done - rounds
+    for _ in range(rounds):
+        for s in schedules:
+            s.step()
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:

@@ -64,12 +64,12 @@ def test_compare_runs_each_library_in_its_own_worker(capsys):
     peak = re.search(r"peak \(fma_peak, (\w+) multiply-adds.*?([\d.]+) GFLOP/s on 1 thread", out)
     assert peak and peak.group(1) == fuseprop.cpu_level() and float(peak.group(2)) > 0
     header = next(line for line in out.splitlines() if line.startswith("case"))
-    assert header.split() == ["case", "unit", "fuseprop", "numpy", "fp/numpy", "fp", "%peak"]
+    assert header.split() == ["case", "unit", "fuseprop", "numpy", "fp/numpy", "peak", "GFLOP/s", "fp", "%peak"]
     for name, unit in zip(cases, ("GFLOP/s", "samples/s")):
         row = next(line for line in out.splitlines() if line.startswith(name))
-        fp, numpy, ratio, share = row[len(name):].split()[1:]
-        assert row[len(name):].split()[0] == unit
-        assert float(fp.replace(",", "")) > 0 and float(numpy.replace(",", "")) > 0
+        got_unit, fp, numpy, ratio, row_peak, share = row[len(name):].split()
+        assert got_unit == unit
+        assert float(fp.replace(",", "")) > 0 and float(numpy.replace(",", "")) > 0 and float(row_peak) > 0
         assert ratio.endswith("x") and float(ratio[:-1]) > 0
         assert share.endswith("%") and float(share[:-1]) > 0
 
@@ -79,7 +79,7 @@ def test_compare_markdown_table(capsys):
                   "--case", "linear 784-16 b32 relu fwd"])
     lines = capsys.readouterr().out.splitlines()
     table = [line for line in lines if line.startswith("|")]
-    assert table[0] == "| case | unit | fuseprop | numpy | fp/numpy | fp %peak |"
+    assert table[0] == "| case | unit | fuseprop | numpy | fp/numpy | peak GFLOP/s | fp %peak |"
     assert table[2].startswith("| linear 784-16 b32 relu fwd | GFLOP/s | ") and len(table) == 3
 
 

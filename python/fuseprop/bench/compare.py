@@ -6,8 +6,10 @@ rotating) to time one window of the case and waits for its answer: only one libr
 and machine noise hits them all alike. Every implementation is validated against a float64 NumPy
 reference before it is timed (compiled ones compile then, untimed). Each figure is the median of its
 windows; the ratios fuseprop/<peer> divide medians of the same run. GEMMs and layers are in GFLOP/s,
-training steps in samples/s, and "fp %peak" is fuseprop's GFLOP/s as a share of the multiply-add peak
-measured at the start (fuseprop.bench.fma_peak: on the same threads, at fuseprop's kernel level).
+training steps in samples/s. The core's multiply-add peak (fuseprop.bench.fma_peak, at fuseprop's
+kernel level) is measured at the start, on 1 thread and on the threads used, and again as one more
+window in every repeat of every case: "peak" is the median of those, and "fp %peak" fuseprop's GFLOP/s
+as a share of it, so that a busy machine holds back the peak as much as the rates it divides.
 
     python -m fuseprop bench [--quick] [--only gemm|linear|train | --case NAME ...] [--threads N]
                              [--peers numpy,torch,torch.compile,jax] [--markdown] [--png ratios.png]
@@ -135,10 +137,11 @@ class Worker:
                 pass
 
 
-def measure(spec, workers, repeats, window, failures):
+def measure(spec, workers, repeats, window, threads, failures):
     """Build, validate and time one case on every worker that has it: {impl: [seconds per call in each
-    window]}, plus the case's FLOPs and samples per call. The workers take turns: one window each, one
-    worker at a time, the order rotating from repeat to repeat."""
+    window]}, the peak's GFLOP/s in each repeat, and the case's FLOPs and samples per call. The workers
+    take turns: one window each, one worker at a time, the order rotating from repeat to repeat; the
+    fuseprop worker also runs one window of fma_peak in every repeat, in the rotation too."""
     taking_part, work = [], None
     for w in workers:
         if w.impl not in spec.impls or w.dead:
@@ -149,19 +152,25 @@ def measure(spec, workers, repeats, window, failures):
         except (CaseError, WorkerError) as e:
             failures.append(f"{w.impl} on {spec.name}: {e}")
     times = {w.impl: [] for w in taking_part}
+    slots = [(w.impl, w, {"cmd": "time"}) for w in taking_part]
+    if taking_part and not workers[0].dead:  # workers[0] is fuseprop's
+        slots.append(("peak", workers[0], {"cmd": "peak", "threads": [threads], "seconds": window, "repeats": 1}))
+        times["peak"] = []
     for r in range(repeats):
         # rotate the order, so that no implementation always runs right after the same other one
-        k = r % max(1, len(taking_part))
-        for w in taking_part[k:] + taking_part[:k]:
-            if w.impl not in times:
+        k = r % max(1, len(slots))
+        for label, w, request in slots[k:] + slots[:k]:
+            if label not in times:
                 continue
             time.sleep(SETTLE)
             try:
-                times[w.impl].append(w.ask(60.0 + 50.0 * window, cmd="time")["seconds"])
+                reply = w.ask(60.0 + 50.0 * window, **request)
+                times[label].append(reply["gflops"][0] if label == "peak" else reply["seconds"])
             except (CaseError, WorkerError) as e:
-                failures.append(f"{w.impl} on {spec.name}: {e}")
-                del times[w.impl]
-    return times, work
+                failures.append(f"{label} on {spec.name}: {e}")
+                del times[label]
+    peak = times.pop("peak", [])
+    return times, peak, work
 
 
 class Table:
@@ -169,7 +178,8 @@ class Table:
 
     def __init__(self, impls, markdown):
         self.impls, self.peers, self.markdown = impls, [i for i in impls if i != "fuseprop"], markdown
-        self.columns = (["case", "unit"] + list(impls) + [f"fp/{p}" for p in self.peers] + ["fp %peak"])
+        self.columns = (["case", "unit"] + list(impls) + [f"fp/{p}" for p in self.peers]
+                        + ["peak GFLOP/s", "fp %peak"])
         self.widths = [31, 10] + [max(len(c), 9) + 2 for c in self.columns[2:]]
 
     def line(self, cells):
@@ -183,7 +193,8 @@ class Table:
             print("|" + "|".join(["---"] * 2 + ["---:"] * (len(self.columns) - 2)) + "|")
 
     def row(self, spec, times, work, peak):
-        """Prints the row of one case; returns its ratios {peer: fuseprop's rate / the peer's}."""
+        """Prints the row of one case (peak: the GFLOP/s fuseprop's are a share of); returns its ratios
+        {peer: fuseprop's rate / the peer's}."""
         rate = {}
         if work:
             unit, per_call = ("samples/s", work["samples"]) if work["samples"] else ("GFLOP/s", work["flops"] / 1e9)
@@ -196,6 +207,7 @@ class Table:
             cells.append(fmt.format(rate[impl]) if impl in rate else "failed" if impl in spec.impls else "-")
         ratio = {p: rate["fuseprop"] / rate[p] for p in self.peers if p in rate and "fuseprop" in rate}
         cells += [f"{ratio[p]:.2f}x" if p in ratio else "-" for p in self.peers]
+        cells.append(f"{peak:.1f}")
         if "fuseprop" in rate:
             gflops = work["flops"] / statistics.median(times["fuseprop"]) / 1e9
             cells.append(f"{100 * gflops / peak:.1f}%")
@@ -307,10 +319,10 @@ def print_header(args, infos, cpus, pinned, peaks, level):
         f"validated against float64 NumPy first; load average {os.getloadavg()[0]:.2f} at the start")
     say(f"peak (fma_peak, {level} multiply-adds, best of {args.repeats}): "
         + ", ".join(f"{g:.1f} GFLOP/s on {t} thread(s)" for t, g in peaks.items())
-        + f"; fp %peak is of the {args.threads}-thread figure")
+        + f"; every case measures the {args.threads}-thread peak again, one window per repeat (peak GFLOP/s)")
     if len(peaks) > 1 and peaks[args.threads] < 0.75 * min(args.threads, len(cpus)) * peaks[1]:
-        say("note: the multi-thread peak is well below the 1-thread peak times the threads: other processes "
-            "were using the CPUs, and every multi-thread figure below is held back alike")
+        say(f"note: at the start the {args.threads}-thread peak was well below {args.threads} x the 1-thread peak: "
+            "other processes were using the CPUs (each row's peak says how much they left)")
     print()
 
 
@@ -319,7 +331,8 @@ def main(argv=None, prog=None):
     plt = load_pyplot() if args.png else None
     cpus = available_cpus()
     pinned = cpus[:args.threads] if args.threads < len(cpus) else None  # fewer threads than CPUs: the same CPUs for all
-    impls = ["fuseprop"] + [p for p in PEERS if p in args.peers]
+    # a worker for each implementation some selected case has (torch.compile times only training steps)
+    impls = ["fuseprop"] + [p for p in PEERS if p in args.peers and any(p in s.impls for s in args.specs)]
     failures, chart = [], []
     workers, infos = start_workers(impls, args.threads, pinned, failures)
     try:
@@ -335,8 +348,9 @@ def main(argv=None, prog=None):
         table = Table(impls, args.markdown)
         table.header()
         for spec in args.specs:
-            times, work = measure(spec, workers, args.repeats, args.window, failures)
-            chart.append((spec.name, table.row(spec, times, work, peaks[args.threads])))
+            times, peak, work = measure(spec, workers, args.repeats, args.window, args.threads, failures)
+            peak = statistics.median(peak) if peak else peaks[args.threads]
+            chart.append((spec.name, table.row(spec, times, work, peak)))
     finally:
         for w in workers:
             w.close()

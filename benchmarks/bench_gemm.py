@@ -1,5 +1,5 @@
-"""GEMMs: fuseprop.functional.matmul (with its transpose flags) vs numpy.matmul and torch.matmul (on
-.T views of the same operands): square 1024^3 and 2048^3, and the forward and backward GEMMs of each
+"""GEMMs: fuseprop.functional.matmul (with its transpose flags) vs numpy.matmul, torch.matmul and a
+jit'ted jnp.matmul (on .T views of the same operands): square 1024^3 and 2048^3, and the forward and backward GEMMs of each
 benchmark network's first layer. See conftest.py for how to run."""
 import pytest
 

@@ -1,5 +1,5 @@
 """Fused linear layer + ReLU, forward (y, z) and backward (dx, dW, db): fuseprop.functional's
-linear_forward / linear_backward vs the same formulas in NumPy and in torch. See conftest.py for how to run."""
+linear_forward / linear_backward vs the same formulas in NumPy, in torch and jit'ted in JAX. See conftest.py for how to run."""
 import pytest
 
 from fuseprop.bench.cases import SPECS

@@ -1,5 +1,6 @@
 """Training steps (forward, softmax cross-entropy, backward, SGD update) of ReLU MLPs: fuseprop's
-Sequential.train_step vs a plain NumPy step vs torch eager. See conftest.py for how to run."""
+Sequential.train_step vs a plain NumPy step vs torch eager, torch.compile and JAX jit (whole steps). See
+conftest.py for how to run."""
 import pytest
 
 from fuseprop.bench.cases import SPECS

@@ -22,6 +22,7 @@
 #include "activations.h"
 #include "batches.h"
 #include "cpu_features.h"
+#include "fma_peak.h"
 #include "linear.h"
 #include "losses.h"
 #include "matmul.h"
@@ -1998,6 +1999,50 @@ std::shared_ptr<DeviceArray> row_slice(const DeviceArray& a, const py::slice& sl
 
 }  // namespace
 
+// ---- the measured multiply-add peak, which the benchmarks report their GFLOP/s against
+namespace {
+
+std::string type_name(const py::handle& obj) { return py::str(py::type::of(obj).attr("__name__")).cast<std::string>(); }
+
+// fma_peak(threads, seconds=0.2, level=None) -> GFLOP/s; level None is the active one.
+double fma_peak_entry(const py::handle& threads, const py::handle& seconds, const py::handle& level) {
+  constexpr long long kMaxThreads = 1024;
+  constexpr double kMaxSeconds = 60.0;
+  if (py::isinstance<py::bool_>(threads) || !PyIndex_Check(threads.ptr()))
+    throw py::type_error(cat("threads must be an int, got ", type_name(threads)));
+  const py::int_ threads_int = py::reinterpret_steal<py::int_>(PyNumber_Index(threads.ptr()));
+  if (!threads_int) throw py::error_already_set();
+  int overflow = 0;
+  const long long n = PyLong_AsLongLongAndOverflow(threads_int.ptr(), &overflow);
+  if (overflow || n < 1 || n > kMaxThreads)
+    throw py::value_error(cat("threads must be in [1, ", kMaxThreads, "], got ", py::str(threads_int).cast<std::string>()));
+  // a real number (Python's or NumPy's float or int), never a bool or a string
+  const bool real = !py::isinstance<py::bool_>(seconds) && PyNumber_Check(seconds.ptr()) && !PyComplex_Check(seconds.ptr());
+  double s = real ? PyFloat_AsDouble(seconds.ptr()) : -1.0;
+  if (!real || (s == -1.0 && PyErr_Occurred())) {
+    const bool too_large = real && PyErr_ExceptionMatches(PyExc_OverflowError);  // an int beyond any double
+    PyErr_Clear();
+    if (!too_large) throw py::type_error(cat("seconds must be a float, got ", type_name(seconds)));
+    s = std::numeric_limits<double>::infinity();
+  }
+  if (!(s > 0.0 && s <= kMaxSeconds))  // also refuses NaN
+    throw py::value_error(cat("seconds must be in (0, ", kMaxSeconds, "], got ", s));
+  CpuLevel l = cpu_level_active();
+  if (!level.is_none()) {
+    if (!py::isinstance<py::str>(level)) throw py::type_error(cat("level must be a str or None, got ", type_name(level)));
+    const std::string name = level.cast<std::string>();
+    if (!parse_cpu_level(name, &l))
+      throw py::value_error(cat("level must be one of generic, avx2, avx512; got '", name, "'"));
+    if (static_cast<int>(l) > static_cast<int>(cpu_level_supported()))
+      throw py::value_error(cat("level: this CPU cannot run the ", name, " kernels; available: up to ",
+                                cpu_level_name(cpu_level_supported())));
+  }
+  py::gil_scoped_release nogil;
+  return fma_peak(static_cast<int>(n), s, l) / 1e9;
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, m) {
   m.doc() = "fuseprop native kernels (CPU). Validate, allocate, release the GIL, forward.";
   using namespace pybind11::literals;
@@ -2208,4 +2253,8 @@ PYBIND11_MODULE(_C, m) {
       if (name == n) return set_gemm_path(p);
     throw py::value_error(cat("path must be auto, packed, direct or dot; got '", name, "'"));
   }, "path"_a, "force a GEMM path (tests and benchmarks); a path that cannot serve a call falls back to packed");
+
+  m.def("fma_peak", &fma_peak_entry, "threads"_a, "seconds"_a = 0.2, "level"_a = py::none(),
+        "GFLOP/s of register-only float multiply-adds on `threads` threads at once over `seconds`, with the "
+        "loop of `level` (None: the active level): the measured peak the benchmarks report against");
 }

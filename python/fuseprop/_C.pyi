@@ -97,6 +97,9 @@ def gemm_blocking() -> dict: ...  # {"level", "mr", "nr", "mc", "kc", "nc"} of t
 def get_num_threads() -> int: ...
 def set_num_threads(n: int) -> None: ...  # n >= 1
 def _set_gemm_path(path: str) -> None: ...  # "auto", "packed", "direct" or "dot" (tests, benchmarks)
+# GFLOP/s of register-only float multiply-adds on `threads` threads at once (1..1024) for `seconds`
+# (0 < seconds <= 60), with `level`'s loop (None: the active level): the benchmarks' measured peak
+def fma_peak(threads: int, seconds: float = 0.2, level: Optional[str] = None) -> float: ...
 
 # CUDA (only when cuda_compiled)
 def cuda_query() -> dict: ...  # {"count", "status", "runtime_version", "driver_version"}; never raises

@@ -231,7 +231,8 @@ def main(argv=None) -> int:
                    help="--distributed: seconds a rank waits for the others before it aborts the job "
                    "(default $FUSEPROP_DIST_TIMEOUT or 60)")
 
-    sub.add_parser("bench", add_help=False, help="the side-by-side speed table against NumPy (and PyTorch)")
+    sub.add_parser("bench", add_help=False,
+                   help="the side-by-side speed table against NumPy, PyTorch, torch.compile and JAX (those installed)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "bench":  # its options are fuseprop.bench.compare's own
         from fuseprop.bench.compare import main as bench

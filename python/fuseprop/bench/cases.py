@@ -1,16 +1,21 @@
-"""What the benchmarks time, shared by compare.py and the pytest-benchmark suites (bench_*.py).
+"""What the benchmarks time, shared by compare.py (through worker.py, one process per library) and the
+pytest-benchmark suites (bench_*.py).
 
-Each case is named by a Spec and built on demand (a 2048^3 GEMM's operands, a network and its
-optimizer): the built Case holds one zero-argument callable per implementation (fuseprop, NumPy
-and, when it is installed, PyTorch eager) on the same float32 operands, the floating-point
-operations of one call, and a validator that runs an implementation once and compares its result
-with a float64 NumPy reference. Everything here uses fuseprop's public API only.
+Each case is named by a Spec and built on demand, for the implementations asked for: a 2048^3
+GEMM's operands, a network and its optimizer. The built Case holds one zero-argument callable per
+implementation on the same float32 operands (fuseprop; NumPy; and, when installed, PyTorch eager,
+the torch.compile'd training step and the JAX jit'ted one), the floating-point operations of one call,
+and a validator that runs an implementation once and compares its result with a float64 NumPy
+reference. PyTorch and JAX are imported only when a case is built for them, so a process that builds
+only fuseprop's or NumPy's implementation never loads them. Everything here uses fuseprop's public API.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -18,16 +23,20 @@ import fuseprop
 from fuseprop import functional as F
 from fuseprop import losses, nn, optim
 
-try:
-    import torch
-except ImportError:
-    torch = None
+IMPLS = ("fuseprop", "numpy", "torch", "torch.compile", "jax")
+PEERS = IMPLS[1:]
+KERNEL_IMPLS = ("fuseprop", "numpy", "torch", "jax")  # GEMMs and layers: torch.compile adds nothing to one op
+_MODULE = {"torch": "torch", "torch.compile": "torch", "jax": "jax"}  # what a peer needs installed
 
-IMPLS = ("fuseprop", "numpy", "torch")
 LAYERS = ((32, 784, 16), (128, 784, 256), (512, 784, 1024))  # (batch, in, out): each network's first layer
 NETWORKS = (((784, 16, 16, 10), 32), ((784, 256, 128, 10), 128), ((784, 1024, 1024, 10), 512))
 LR = 0.01
 RTOL = 1e-4  # float32 against float64, normwise: the error grows like eps * sqrt(K), about 3e-6 at K = 2048
+
+
+def installed(impl: str) -> bool:
+    """Whether `impl` can run here (its library is importable), without importing it."""
+    return impl not in _MODULE or importlib.util.find_spec(_MODULE[impl]) is not None
 
 
 @dataclass
@@ -40,8 +49,14 @@ class Case:
 
 class Spec(NamedTuple):
     name: str
-    build: Callable[[], Case]
+    make: Callable[..., Case]             # make(impls=...) builds the case for those implementations
+    impls: tuple[str, ...]                # the implementations this case has
     slow: bool = False
+
+    def build(self, impls: Optional[Sequence[str]] = None) -> Case:
+        """The case for `impls` (None: every one this case has), less those not installed here."""
+        wanted = self.impls if impls is None else impls
+        return self.make(impls=tuple(i for i in self.impls if i in wanted and installed(i)))
 
 
 def assert_close(got, want, what, atol=0.0):
@@ -63,27 +78,42 @@ def _validator(impls, reference):
     return validate
 
 
-def _torch(*arrays):
-    return [torch.from_numpy(a) for a in arrays]  # zero-copy: the very same operands
+def _torch():
+    return importlib.import_module("torch")
 
 
-def gemm(m, n, k, trans_a=False, trans_b=False) -> Case:
-    """C (M,N) = op(A) op(B); A is stored (K,M) when trans_a, B (N,K) when trans_b. NumPy and torch
-    users write the transposes as .T views, which their matmul hands to BLAS as transpose flags."""
+def _jax():
+    """jax and jax.numpy. JAX dispatches asynchronously: every callable below waits for its result, as
+    the other libraries' calls do, so that a window times the work and not only its dispatch."""
+    return importlib.import_module("jax"), importlib.import_module("jax.numpy")
+
+
+def _op(x, t):
+    return x.T if t else x
+
+
+def gemm(m, n, k, trans_a=False, trans_b=False, *, impls=KERNEL_IMPLS) -> Case:
+    """C (M,N) = op(A) op(B); A is stored (K,M) when trans_a, B (N,K) when trans_b. NumPy, torch and JAX
+    users write the transposes as .T views, which their matmul hands to BLAS (or XLA's dot) as flags."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((k, m) if trans_a else (m, k), dtype=np.float32)
     b = rng.standard_normal((n, k) if trans_b else (k, n), dtype=np.float32)
-
-    def op(x, t):
-        return x.T if t else x
-
-    impls = {"fuseprop": lambda: F.matmul(a, b, trans_a, trans_b),
-             "numpy": lambda: op(a, trans_a) @ op(b, trans_b)}
-    if torch:
-        ta, tb = _torch(a, b)
-        impls["torch"] = lambda: torch.matmul(op(ta, trans_a), op(tb, trans_b))
-    reference = op(a.astype(np.float64), trans_a) @ op(b.astype(np.float64), trans_b)
-    return Case(2.0 * m * n * k, 0, impls, _validator(impls, reference))
+    fns = {}
+    if "fuseprop" in impls:
+        fns["fuseprop"] = lambda: F.matmul(a, b, trans_a, trans_b)
+    if "numpy" in impls:
+        fns["numpy"] = lambda: _op(a, trans_a) @ _op(b, trans_b)
+    if "torch" in impls:
+        torch = _torch()
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)  # zero-copy: the very same operands
+        fns["torch"] = lambda: torch.matmul(_op(ta, trans_a), _op(tb, trans_b))
+    if "jax" in impls:
+        jax, jnp = _jax()
+        ja, jb = jnp.array(a), jnp.array(b)
+        matmul = jax.jit(lambda x, y: jnp.matmul(_op(x, trans_a), _op(y, trans_b)))
+        fns["jax"] = lambda: matmul(ja, jb).block_until_ready()
+    reference = _op(a.astype(np.float64), trans_a) @ _op(b.astype(np.float64), trans_b)
+    return Case(2.0 * m * n * k, 0, fns, _validator(fns, reference))
 
 
 def _layer(batch, fan_in, fan_out):
@@ -94,7 +124,7 @@ def _layer(batch, fan_in, fan_out):
     return x, w, b
 
 
-def linear_forward(batch, fan_in, fan_out) -> Case:
+def linear_forward(batch, fan_in, fan_out, *, impls=KERNEL_IMPLS) -> Case:
     """(y, z): z = x W^T + b, y = relu(z); x (B,IN), W (OUT,IN)."""
     x, w, b = _layer(batch, fan_in, fan_out)
 
@@ -102,42 +132,62 @@ def linear_forward(batch, fan_in, fan_out) -> Case:
         z = x @ w.T + b
         return np.maximum(z, 0), z
 
-    impls = {"fuseprop": lambda: F.linear_forward(x, w, b, "relu"), "numpy": numpy_forward}
-    if torch:
-        tx, tw, tb = _torch(x, w, b)
+    fns = {}
+    if "fuseprop" in impls:
+        fns["fuseprop"] = lambda: F.linear_forward(x, w, b, "relu")
+    if "numpy" in impls:
+        fns["numpy"] = numpy_forward
+    if "torch" in impls:
+        torch = _torch()
+        tx, tw, tb = (torch.from_numpy(v) for v in (x, w, b))
 
         def torch_forward():
             z = torch.nn.functional.linear(tx, tw, tb)
             return torch.relu(z), z
 
-        impls["torch"] = torch_forward
+        fns["torch"] = torch_forward
+    if "jax" in impls:
+        jax, jnp = _jax()
+        jx, jw, jb = (jnp.array(v) for v in (x, w, b))
+
+        @jax.jit
+        def jax_forward(x, w, b):
+            z = x @ w.T + b
+            return jax.nn.relu(z), z
+
+        fns["jax"] = lambda: jax.block_until_ready(jax_forward(jx, jw, jb))
     z = x.astype(np.float64) @ w.T.astype(np.float64) + b
-    return Case(2.0 * batch * fan_in * fan_out, 0, impls, _validator(impls, (np.maximum(z, 0), z)))
+    return Case(2.0 * batch * fan_in * fan_out, 0, fns, _validator(fns, (np.maximum(z, 0), z)))
 
 
-def linear_backward(batch, fan_in, fan_out) -> Case:
+def linear_backward(batch, fan_in, fan_out, *, impls=KERNEL_IMPLS) -> Case:
     """(dx, dW, db) of y = relu(x W^T + b): dz = dy * (z > 0), dx = dz W, dW = dz^T x, db = sum(dz)."""
     x, w, b = _layer(batch, fan_in, fan_out)
     z = x @ w.T + b
     y = np.maximum(z, 0)
     dy = np.random.default_rng(1).standard_normal(y.shape, dtype=np.float32)
 
-    def numpy_backward():
+    def backward(dy, x, w, z):  # what autograd computes for linear + relu (a mask, two matmuls, a sum), graph-free
         dz = dy * (z > 0)
         return dz @ w, dz.T @ x, dz.sum(0)
 
-    impls = {"fuseprop": lambda: F.linear_backward(dy, x, w, z, y, "relu"), "numpy": numpy_backward}
-    if torch:
-        tdy, tx, tw, tz = _torch(dy, x, w, z)
-
-        def torch_backward():  # what autograd computes for linear + relu (a mask, two matmuls, a sum), graph-free
-            dz = tdy * (tz > 0)
-            return dz @ tw, dz.T @ tx, dz.sum(0)
-
-        impls["torch"] = torch_backward
+    fns = {}
+    if "fuseprop" in impls:
+        fns["fuseprop"] = lambda: F.linear_backward(dy, x, w, z, y, "relu")
+    if "numpy" in impls:
+        fns["numpy"] = lambda: backward(dy, x, w, z)
+    if "torch" in impls:
+        torch = _torch()
+        operands = [torch.from_numpy(v) for v in (dy, x, w, z)]
+        fns["torch"] = lambda: backward(*operands)
+    if "jax" in impls:
+        jax, jnp = _jax()
+        operands = [jnp.array(v) for v in (dy, x, w, z)]
+        jax_backward = jax.jit(backward)
+        fns["jax"] = lambda: jax.block_until_ready(jax_backward(*operands))
     dz = dy.astype(np.float64) * (z > 0)  # the float32 z's mask, so that no entry flips sign
     reference = (dz @ w.astype(np.float64), dz.T @ x.astype(np.float64), dz.sum(0))
-    return Case(4.0 * batch * fan_in * fan_out, 0, impls, _validator(impls, reference))
+    return Case(4.0 * batch * fan_in * fan_out, 0, fns, _validator(fns, reference))
 
 
 class NumpyMLP:
@@ -185,32 +235,104 @@ def train_flops(sizes, batch):
     return 2.0 * batch * (2 * sum(macs) + sum(macs[1:]))
 
 
-def train_step(sizes, batch) -> Case:
+def _torch_model(torch, sizes, state):
+    model = torch.nn.Sequential(*_mlp_layers(torch.nn, sizes))
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    return model
+
+
+def _torch_eager_step(sizes, state, x, y):
+    """The usual PyTorch loop body: zero_grad, forward, cross_entropy, backward, SGD step."""
+    torch = _torch()
+    model = _torch_model(torch, sizes, state)
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(tx), ty)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step, lambda: [p.detach().numpy() for p in model.parameters()]
+
+
+def _torch_compiled_step(sizes, state, x, y):
+    """The whole step as ONE compiled graph: torch.func computes the loss and its gradient, and the SGD
+    update (p -= lr * g) is written in place into the parameters, all inside the
+    function torch.compile(fullgraph=True) compiles (forward, loss, backward, update). The first call
+    compiles; the benchmark's validation and warm-up calls absorb it, so no timed window includes it."""
+    torch = _torch()
+    model = _torch_model(torch, sizes, state)
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}  # plain tensors, updated in place
+
+    def loss_of(p, x, y):
+        return torch.nn.functional.cross_entropy(torch.func.functional_call(model, p, (x,)), y)
+
+    grad_and_loss = torch.func.grad_and_value(loss_of)
+
+    def sgd_step(p, x, y):
+        grads, loss = grad_and_loss(p, x, y)
+        for name, g in grads.items():
+            # p - lr * g, the same float32 result as torch.optim.SGD's p.add_(g, alpha=-lr); but not written
+            # that way: torch 2.13's inductor drops alpha for the 2-D weights (an update lr^-1 times too large)
+            p[name].sub_(LR * g)
+        return loss
+
+    compiled = torch.compile(sgd_step, fullgraph=True)
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+    return (lambda: compiled(params, tx, ty).item()), lambda: [p.numpy() for p in params.values()]
+
+
+def _jax_step(sizes, state, x, y):
+    """The whole step under one jax.jit: value_and_grad of the loss, then the SGD update, with the
+    parameters donated (donate_argnums) so XLA may write the new ones over the old, as in-place updates do."""
+    jax, jnp = _jax()
+    params = [(jnp.array(state[f"{2 * i}.weight"]), jnp.array(state[f"{2 * i}.bias"])) for i in range(len(sizes) - 1)]
+
+    def loss_of(params, x, y):
+        h = x
+        for i, (w, b) in enumerate(params):
+            h = h @ w.T + b
+            if i < len(params) - 1:
+                h = jax.nn.relu(h)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(h), y[:, None], axis=1))
+
+    def sgd_step(params, x, y):
+        loss, grads = jax.value_and_grad(loss_of)(params, x, y)
+        return jax.tree.map(lambda p, g: p - LR * g, params, grads), loss
+
+    jitted = jax.jit(sgd_step, donate_argnums=0)
+    jx, jy = jnp.array(x), jnp.array(y.astype(np.int32))  # JAX's integers are 32-bit unless x64 is enabled
+    current = [params]
+
+    def step():
+        current[0], loss = jitted(current[0], jx, jy)
+        return float(loss)  # waits for the step, as .item() does in torch
+
+    return step, lambda: [np.array(p) for wb in current[0] for p in wb]
+
+
+def train_step(sizes, batch, *, impls=IMPLS) -> Case:
     """One SGD step (forward, softmax cross-entropy, backward, update) of a ReLU MLP, from one shared initial state."""
     fuseprop.manual_seed(0)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, sizes[0]), dtype=np.float32)
     y = rng.integers(0, sizes[-1], size=batch)
     model = nn.Sequential(*_mlp_layers(nn, sizes))
-    opt, loss_fn = optim.SGD(model.parameters(), lr=LR), losses.CrossEntropyLoss()
     state = model.state_dict()
-    mlp = NumpyMLP(state)
-    impls = {"fuseprop": lambda: model.train_step(x, y, loss_fn, opt), "numpy": lambda: mlp.step(x, y)}
-    params = {"fuseprop": lambda: [p.data for p in model.parameters()], "numpy": mlp.parameters}
-    if torch:
-        tmodel = torch.nn.Sequential(*_mlp_layers(torch.nn, sizes))
-        tmodel.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
-        topt = torch.optim.SGD(tmodel.parameters(), lr=LR)
-
-        def torch_step():
-            topt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(x)), torch.from_numpy(y))
-            loss.backward()
-            topt.step()
-            return loss.item()
-
-        impls["torch"] = torch_step
-        params["torch"] = lambda: [p.detach().numpy() for p in tmodel.parameters()]
+    fns, params = {}, {}
+    if "fuseprop" in impls:
+        opt, loss_fn = optim.SGD(model.parameters(), lr=LR), losses.CrossEntropyLoss()
+        fns["fuseprop"] = lambda: model.train_step(x, y, loss_fn, opt)
+        params["fuseprop"] = lambda: [p.data for p in model.parameters()]
+    if "numpy" in impls:
+        mlp = NumpyMLP(state)
+        fns["numpy"], params["numpy"] = (lambda: mlp.step(x, y)), mlp.parameters
+    for impl, make in (("torch", _torch_eager_step), ("torch.compile", _torch_compiled_step), ("jax", _jax_step)):
+        if impl in impls:
+            fns[impl], params[impl] = make(sizes, state, x, y)
     ref = NumpyMLP({k: v.astype(np.float64) for k, v in state.items()})
     ref_before = [p.copy() for p in ref.parameters()]
     ref_loss = ref.step(x.astype(np.float64), y)
@@ -218,31 +340,43 @@ def train_step(sizes, batch) -> Case:
 
     def validate(name):
         """The first step's loss and every parameter's update (not the updated weights, which barely move)."""
-        before = [p.copy() for p in params[name]()]
-        assert_close(impls[name](), ref_loss, f"{name} loss")
+        before = [np.array(p, copy=True) for p in params[name]()]
+        assert_close(fns[name](), ref_loss, f"{name} loss")
         for i, (after, b, want) in enumerate(zip(params[name](), before, ref_updates)):
             # float32 weights hold the update only to eps * |w|, which is up to 2e-4 of the first layer's update
             assert_close(after.astype(np.float64) - b, want, f"{name} update of parameter {i}",
                          atol=np.finfo(np.float32).eps * np.abs(after))
 
-    return Case(train_flops(sizes, batch), batch, impls, validate)
+    return Case(train_flops(sizes, batch), batch, fns, validate)
 
 
 def _gemm_specs():
-    specs = [Spec(f"gemm {n}x{n}x{n}", partial(gemm, n, n, n), slow=True) for n in (1024, 2048)]
+    """Named `gemm MxK-N <product>`: op(A) (M,K) times op(B) (K,N), as the layers compute it; x (B,IN),
+    W (OUT,IN), dz (B,OUT). Forward x.W.T: B x IN -> OUT; dW = dz.T.x: OUT x B -> IN; dx = dz.W: B x OUT -> IN."""
+    specs = [Spec(f"gemm {n}x{n}-{n}", partial(gemm, n, n, n), KERNEL_IMPLS, slow=True) for n in (1024, 2048)]
     for batch, fan_in, fan_out in LAYERS:
-        layer = f"{fan_in}-{fan_out} b{batch}"
-        specs += [Spec(f"gemm {layer} fwd x.W.T", partial(gemm, batch, fan_out, fan_in, trans_b=True)),
-                  Spec(f"gemm {layer} dW dz.T.x", partial(gemm, fan_out, fan_in, batch, trans_a=True)),
-                  Spec(f"gemm {layer} dx dz.W", partial(gemm, batch, fan_in, fan_out))]
+        specs += [Spec(f"gemm {batch}x{fan_in}-{fan_out} x.W.T", partial(gemm, batch, fan_out, fan_in, trans_b=True),
+                       KERNEL_IMPLS),
+                  Spec(f"gemm {fan_out}x{batch}-{fan_in} dz.T.x", partial(gemm, fan_out, fan_in, batch, trans_a=True),
+                       KERNEL_IMPLS),
+                  Spec(f"gemm {batch}x{fan_out}-{fan_in} dz.W", partial(gemm, batch, fan_in, fan_out), KERNEL_IMPLS)]
     return specs
 
 
-# names: MxNxK GEMMs, in-out layers, networks, b<batch>; only characters that `pytest -k` accepts
+# names: MxK-N GEMMs, in-out layers, networks, b<batch>; only characters that `pytest -k` accepts
 SPECS = {
     "gemm": _gemm_specs(),
-    "linear": [Spec(f"linear {i}-{o} b{b} relu {d}", partial(f, b, i, o))
+    "linear": [Spec(f"linear {i}-{o} b{b} relu {d}", partial(f, b, i, o), KERNEL_IMPLS)
                for b, i, o in LAYERS for d, f in (("fwd", linear_forward), ("bwd", linear_backward))],
-    "train": [Spec(f"train {'-'.join(map(str, sizes))} b{batch}", partial(train_step, sizes, batch))
+    "train": [Spec(f"train {'-'.join(map(str, sizes))} b{batch}", partial(train_step, sizes, batch), IMPLS)
               for sizes, batch in NETWORKS],
 }
+
+
+def spec_named(name: str) -> Spec:
+    """The Spec called `name`; KeyError listing the names when there is none."""
+    for specs in SPECS.values():
+        for spec in specs:
+            if spec.name == name:
+                return spec
+    raise KeyError(f"no benchmark case named {name!r}; cases: " + ", ".join(s.name for v in SPECS.values() for s in v))

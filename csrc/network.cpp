@@ -19,7 +19,7 @@ namespace {
 template <typename T>
 bool all_finite(const T* a, int64_t n) {
   std::atomic<bool> finite{true};
-  parallel_for(n, 1, [&](int64_t begin, int64_t end) {
+  parallel_for(n, 2, [&](int64_t begin, int64_t end) {
     if (any_nonfinite(a + begin, end - begin)) finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();

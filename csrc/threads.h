@@ -24,6 +24,11 @@ constexpr int64_t kParallelMinWork = int64_t(1) << 20;
 // Threads worth using for `work` multiply-adds.
 inline int threads_for(int64_t work) { return work >= kParallelMinWork ? num_threads() : 1; }
 
+// Elementwise passes split sooner: they stream memory (each core brings its own L2 bandwidth) and
+// their output is not read right away by the next kernel, so the cross-core traffic that makes small
+// GEMMs lose does not apply. `cost` below counts element updates, about one cycle each.
+constexpr int64_t kParallelMinElementwise = int64_t(1) << 18;
+
 // Runs fn(ctx, i) for every i in [0, tasks), on up to num_threads() threads; returns when all are done.
 void run_tasks(int64_t tasks, void (*fn)(void* ctx, int64_t task), void* ctx);
 
@@ -41,7 +46,7 @@ void parallel_tasks(int64_t tasks, int threads, F&& body) {
 // updates, separate rows or columns). `cost` is the work of one iteration in element updates.
 template <typename F>
 void parallel_for(int64_t n, int64_t cost, F&& body) {
-  const int threads = threads_for(n * cost);
+  const int threads = n * cost >= kParallelMinElementwise ? num_threads() : 1;
   const int64_t chunks = threads <= 1 ? 1 : (n < 4 * int64_t(threads) ? n : 4 * int64_t(threads));
   if (chunks <= 1) {
     if (n > 0) body(int64_t(0), n);

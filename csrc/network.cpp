@@ -5,7 +5,7 @@
 #include <cmath>
 #include <utility>
 
-#include "finite.h"
+#include "elementwise_kernels.h"
 #include "linear.h"
 #include "losses.h"
 #include "optim.h"
@@ -18,9 +18,10 @@ namespace {
 // a (n): no NaN or Inf; large arrays are tested by all threads, each on its own chunks.
 template <typename T>
 bool all_finite(const T* a, int64_t n) {
+  const ElementwiseKernels<T>& kern = elementwise_kernels(T{});
   std::atomic<bool> finite{true};
   parallel_for(n, 2, [&](int64_t begin, int64_t end) {
-    if (any_nonfinite(a + begin, end - begin)) finite.store(false, std::memory_order_relaxed);
+    if (kern.any_nonfinite(a + begin, end - begin)) finite.store(false, std::memory_order_relaxed);
   });
   return finite.load();
 }

@@ -225,3 +225,27 @@ def test_malformed_fuseprop_caches_is_ignored_with_a_warning():
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "True"
     assert "ignoring FUSEPROP_CACHES=lots" in proc.stderr
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_optimizer_updates_are_bitwise_identical_at_every_level(threads):
+    """The update loops are compiled once per instruction set without FMA contraction, so every level
+    (and every thread count) writes the same bits; a non-finite result is still reported."""
+    fuseprop.set_num_threads(threads)
+    rng = np.random.default_rng(4)
+    n = 300_001  # ragged against every vector width and the test blocks, and split over threads
+    p0 = rng.normal(size=n).astype(np.float32)
+    g = rng.normal(size=n).astype(np.float32)
+    results = {}
+    for level in LEVELS:
+        fuseprop.set_cpu_level(level)
+        p, buf = p0.copy(), np.zeros(n, np.float32)
+        for step in (1, 2):
+            F.sgd_step(p, g, buf, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01, step=step)
+        q, m, v = p0.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+        for step in (1, 2):
+            F.adam_step(q, g, m, v, step=step, lr=0.01, weight_decay=0.1, decoupled_weight_decay=step == 2)
+        results[level] = (p, buf, q, m, v)
+    for level in LEVELS[1:]:
+        for a, b in zip(results[LEVELS[0]], results[level]):
+            assert np.array_equal(a, b), f"{level} differs from {LEVELS[0]}"

@@ -20,12 +20,12 @@
 namespace fuseprop {
 namespace FUSEPROP_SIMD_NS {
 
-// c (m,n) = alpha * sum_{p<k} a(i,p) b(p,j) + beta * c, row-major, for m <= MR, n <= NR = NV * width.
-// Packed: a(i,p) = a[p*MR + i], b(p,j) = b[p*NR + j] (zero-padded strips from the packing routines).
-// Direct: a(i,p) = a[i*rs_a + p*cs_a], b(p,j) = b[p*rs_b + j] (the caller's arrays, rows of B contiguous).
-// beta == 0 never reads c. FullN (n == NR) takes the path without masks; fewer rows (m < MR) only
-// skip their writes (their loads repeat row 0), since masked loads are slow on some CPUs.
-template <class V, int MR, int NV, bool Packed, bool FullN>
+// The direct micro-kernel: c (m,n) = alpha * sum_{p<k} a(i,p) b(p,j) + beta * c, row-major, for
+// m <= MR, n <= NR = NV * width, with a(i,p) = a[i*rs_a + p*cs_a], b(p,j) = b[p*rs_b + j] (the
+// caller's arrays, rows of B contiguous). beta == 0 never reads c. FullN (n == NR) takes the path
+// without masks; fewer rows (m < MR) only skip their writes (their loads repeat row 0), since masked
+// loads are slow on some CPUs. tile() picks the smallest MR that covers m.
+template <class V, int MR, int NV, bool FullN>
 inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, const float* b, int64_t rs_b, float* c,
                       int64_t ldc, float alpha, float beta, int64_t m, int64_t n) {
   constexpr int W = V::width;
@@ -39,12 +39,12 @@ inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, con
   for (int v = 0; v < NV; ++v) bmask[v] = V::tail_mask(n - v * W);
   int64_t row[MR];  // offset of row i of A; rows past m repeat row 0 (valid memory, results discarded)
   FUSEPROP_UNROLL
-  for (int i = 0; i < MR; ++i) row[i] = (i < m ? i : 0) * (Packed ? 1 : rs_a);
-  const int64_t a_step = Packed ? MR : cs_a, b_step = Packed ? NV * W : rs_b;
+  for (int i = 0; i < MR; ++i) row[i] = (i < m ? i : 0) * rs_a;
+  const int64_t a_step = cs_a, b_step = rs_b;
   for (int64_t p = 0; p < k; ++p) {
     typename V::reg bv[NV];
     FUSEPROP_UNROLL
-    for (int v = 0; v < NV; ++v) bv[v] = (Packed || FullN) ? V::load(b + v * W) : V::maskload(b + v * W, bmask[v]);
+    for (int v = 0; v < NV; ++v) bv[v] = FullN ? V::load(b + v * W) : V::maskload(b + v * W, bmask[v]);
     FUSEPROP_UNROLL
     for (int i = 0; i < MR; ++i) {
       const typename V::reg ai = V::broadcast(a + row[i]);
@@ -73,20 +73,21 @@ inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, con
   }
 }
 
-// The packed micro-kernel: c (m,n) = alpha * sum_{p<k} a[p*MR + i] * b[p*NR + j] + beta * c, for m <= MR,
-// n <= NR = NV * width. The strips are zero-padded to MR rows and NR columns, so every row and column
-// is read at a constant offset (no per-row pointers to keep in general registers) and only the writes
-// are cut to m x n. k runs unrolled by 4; the A strip, which streams from L2, is prefetched a few
+// The packed micro-kernel: c (m,n) = alpha * sum_{p<k} a[p*MR + i] * b[p*NR + j] + beta * c, for
+// m <= ROWS <= MR, n <= NR = NV * width. The strips are zero-padded to MR rows and NR columns, so every
+// row and column is read at a constant offset (no per-row pointers to keep in general registers) and
+// only the writes are cut to m x n. ROWS < MR serves the last, short strip of a matrix whose height is
+// not a multiple of MR, without computing rows that are thrown away. k runs unrolled by 4; the A strip, which streams from L2, is prefetched a few
 // k-steps ahead, and the C tile is prefetched before the loop so that its read-modify-write does not
 // wait on memory. The sum over p runs in order, one FMA per product: the same bits as tile_body's.
-template <class V, int MR, int NV, bool FullN>
+template <class V, int MR, int ROWS, int NV, bool FullN>
 inline void packed_body(int64_t k, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta,
                         int64_t m, int64_t n) {
   constexpr int W = V::width, NR = NV * W;
   constexpr int kUnroll = 4, kPrefetchA = 8 * MR;  // floats ahead: about 8 k-steps of A
-  typename V::reg acc[MR][NV];
+  typename V::reg acc[ROWS][NV];
   FUSEPROP_UNROLL
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < ROWS; ++i)
     FUSEPROP_UNROLL
     for (int v = 0; v < NV; ++v) acc[i][v] = V::zero();
   for (int64_t i = 0; i < m; ++i) {
@@ -102,7 +103,7 @@ inline void packed_body(int64_t k, const float* a, const float* b, float* c, int
       for (int v = 0; v < NV; ++v) bv[v] = V::load(b + u * NR + v * W);
       if (u * MR % 16 < MR) _mm_prefetch(reinterpret_cast<const char*>(a + kPrefetchA + u * MR), _MM_HINT_T0);
       FUSEPROP_UNROLL
-      for (int i = 0; i < MR; ++i) {
+      for (int i = 0; i < ROWS; ++i) {
         const typename V::reg ai = V::broadcast(a + u * MR + i);
         FUSEPROP_UNROLL
         for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
@@ -116,7 +117,7 @@ inline void packed_body(int64_t k, const float* a, const float* b, float* c, int
     FUSEPROP_UNROLL
     for (int v = 0; v < NV; ++v) bv[v] = V::load(b + v * W);
     FUSEPROP_UNROLL
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < ROWS; ++i) {
       const typename V::reg ai = V::broadcast(a + i);
       FUSEPROP_UNROLL
       for (int v = 0; v < NV; ++v) acc[i][v] = V::fma(ai, bv[v], acc[i][v]);
@@ -129,7 +130,7 @@ inline void packed_body(int64_t k, const float* a, const float* b, float* c, int
   for (int v = 0; v < NV; ++v) bmask[v] = V::tail_mask(n - v * W);
   const typename V::reg va = V::set1(alpha), vb = V::set1(beta);
   FUSEPROP_UNROLL
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < ROWS; ++i) {
     if (i >= m) break;
     FUSEPROP_UNROLL
     for (int v = 0; v < NV; ++v) {
@@ -146,23 +147,43 @@ inline void packed_body(int64_t k, const float* a, const float* b, float* c, int
   }
 }
 
+template <class V, int MR, int ROWS, int NV>
+inline void packed_rows(int64_t k, const float* a, const float* b, float* c, int64_t ldc, float alpha, float beta,
+                        int64_t m, int64_t n) {
+  if (n == NV * V::width)
+    packed_body<V, MR, ROWS, NV, true>(k, a, b, c, ldc, alpha, beta, m, n);
+  else
+    packed_body<V, MR, ROWS, NV, false>(k, a, b, c, ldc, alpha, beta, m, n);
+}
+
 // The TileFn of the packed path (the strides are implied by the packing: rs_a, cs_a and rs_b are unused).
+// A short strip runs a third or two thirds of the rows (MR is a multiple of 3).
 template <class V, int MR, int NV>
 void packed_tile(int64_t k, const float* a, int64_t, int64_t, const float* b, int64_t, float* c, int64_t ldc,
                  float alpha, float beta, int64_t m, int64_t n) {
-  if (n == NV * V::width)
-    packed_body<V, MR, NV, true>(k, a, b, c, ldc, alpha, beta, m, n);
-  else
-    packed_body<V, MR, NV, false>(k, a, b, c, ldc, alpha, beta, m, n);
+  static_assert(MR % 3 == 0, "short strips run MR/3 or 2MR/3 rows");
+  if (m <= MR / 3) packed_rows<V, MR, MR / 3, NV>(k, a, b, c, ldc, alpha, beta, m, n);
+  else if (m <= 2 * MR / 3) packed_rows<V, MR, 2 * MR / 3, NV>(k, a, b, c, ldc, alpha, beta, m, n);
+  else packed_rows<V, MR, MR, NV>(k, a, b, c, ldc, alpha, beta, m, n);
 }
 
-template <class V, int MR, int NV, bool Packed>
+template <class V, int MR, int NV>
+inline void tile_rows(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, const float* b, int64_t rs_b, float* c,
+                      int64_t ldc, float alpha, float beta, int64_t m, int64_t n) {
+  if (n == NV * V::width)
+    tile_body<V, MR, NV, true>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
+  else
+    tile_body<V, MR, NV, false>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
+}
+
+// The TileFn of the direct path; a short tile runs a third or two thirds of the rows, as packed_tile.
+template <class V, int MR, int NV>
 void tile(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, const float* b, int64_t rs_b, float* c, int64_t ldc,
           float alpha, float beta, int64_t m, int64_t n) {
-  if (n == NV * V::width)
-    tile_body<V, MR, NV, Packed, true>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
-  else
-    tile_body<V, MR, NV, Packed, false>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
+  static_assert(MR % 3 == 0, "short tiles run MR/3 or 2MR/3 rows");
+  if (m <= MR / 3) tile_rows<V, MR / 3, NV>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
+  else if (m <= 2 * MR / 3) tile_rows<V, 2 * MR / 3, NV>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
+  else tile_rows<V, MR, NV>(k, a, rs_a, cs_a, b, rs_b, c, ldc, alpha, beta, m, n);
 }
 
 // Packing the transposing cases with vector transposes. op(B) from B stored (N,K) and op(A) from A
@@ -258,7 +279,7 @@ inline void pack_b(float* bp, const float* b, int64_t ldb, bool trans_b, int64_t
 // dot products of rows of A with rows of B (C = A B^T without packing), vectorised over p.
 // Each (i, j) sums its lanes in a fixed order, so the result does not depend on anything but k.
 template <class V, int DM, int DN>
-void dot_tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, float alpha,
+inline void dot_body(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, float alpha,
               float beta, int64_t m, int64_t n) {
   constexpr int W = V::width;
   typename V::reg acc[DM][DN];
@@ -305,6 +326,16 @@ void dot_tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t ld
       cij = beta == 0.0f ? s : s + beta * cij;
     }
   }
+}
+
+// The DotTileFn; a short tile runs a third or two thirds of the rows, as packed_tile.
+template <class V, int DM, int DN>
+void dot_tile(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb, float* c, int64_t ldc, float alpha,
+              float beta, int64_t m, int64_t n) {
+  static_assert(DM % 3 == 0, "short tiles run DM/3 or 2DM/3 rows");
+  if (m <= DM / 3) dot_body<V, DM / 3, DN>(k, a, lda, b, ldb, c, ldc, alpha, beta, m, n);
+  else if (m <= 2 * DM / 3) dot_body<V, 2 * DM / 3, DN>(k, a, lda, b, ldb, c, ldc, alpha, beta, m, n);
+  else dot_body<V, DM, DN>(k, a, lda, b, ldb, c, ldc, alpha, beta, m, n);
 }
 
 }  // namespace FUSEPROP_SIMD_NS

@@ -83,7 +83,7 @@ GemmBlocking gemm_blocking(int mr, int nr, int64_t elem) {
   const int64_t kc = clamp(cache.l1d * 2 / 3 / (nr * elem) / 32 * 32, 64, 512);
   const int64_t mc = clamp(cache.l2 / 2 / (kc * elem) / mr * mr, 4 * mr, 120 * mr);
   const int64_t nc = clamp(cache.l3 / 4 / (kc * elem) / nr * nr, 16 * nr, 256 * nr);
-  return {mc, kc, nc, cache.l3 / 2 / elem};
+  return {mc, kc, nc, cache.l3 / 2 / elem, cache.l2 / elem};
 }
 
 GemmPath gemm_path() { return static_cast<GemmPath>(forced_path.load(std::memory_order_relaxed)); }

@@ -239,8 +239,15 @@ class Module:
     @property
     def device(self) -> str:
         """Where the parameters live: "cpu" or "cuda" ("cpu" for a module without parameters)."""
+        # Cached until anything moves _generation (a parameter, its arrays or a submodule replaced, or
+        # moved): walking every module costs microseconds, on every train_step.
+        cached = self.__dict__.get("_device_seen")
+        if cached is not None and cached[0] == _generation:
+            return cached[1]
         params = self.parameters()
-        return params[0].device if params else "cpu"
+        device = params[0].device if params else "cpu"
+        object.__setattr__(self, "_device_seen", (_generation, device))
+        return device
 
     def train(self, mode: bool = True):
         for _, m in self.named_modules():

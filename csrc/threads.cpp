@@ -73,11 +73,17 @@ class TaskPool {
       return;
     }
     const uint64_t gen = (generation_.load(std::memory_order_relaxed) + 1) & ((uint64_t(1) << (64 - kIndexBits)) - 1);
-    fn_.store(fn, std::memory_order_relaxed);
-    ctx_.store(ctx, std::memory_order_relaxed);
-    total_.store(tasks, std::memory_order_relaxed);
+    // The task counter moves to the new generation, closed, BEFORE the job's fields change: a worker
+    // that read an older generation and then reads any of the new fields (acquire) also sees the
+    // counter closed to it, so it can never run one job's task with another job's function, context
+    // or count. (Two threads submitting one after the other made that possible: a task run twice, a
+    // job ending early, different results from run to run.)
+    next_.store((gen << kIndexBits) | kIndexMask, std::memory_order_seq_cst);
+    fn_.store(fn, std::memory_order_release);
+    ctx_.store(ctx, std::memory_order_release);
+    total_.store(tasks, std::memory_order_release);
     done_.store(0, std::memory_order_relaxed);
-    next_.store(gen << kIndexBits, std::memory_order_relaxed);
+    next_.store(gen << kIndexBits, std::memory_order_release);  // open
     generation_.store(gen, std::memory_order_seq_cst);  // publishes the fields above
     if (sleepers_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
@@ -120,8 +126,8 @@ class TaskPool {
         sleepers_.fetch_sub(1, std::memory_order_seq_cst);
       }
       seen = gen;
-      take_tasks(gen, fn_.load(std::memory_order_relaxed), ctx_.load(std::memory_order_relaxed),
-                 total_.load(std::memory_order_relaxed));
+      take_tasks(gen, fn_.load(std::memory_order_acquire), ctx_.load(std::memory_order_acquire),
+                 total_.load(std::memory_order_acquire));
     }
   }
 

@@ -471,3 +471,19 @@ def test_a_replaced_grad_is_refused_instead_of_silently_not_reduced():
         with pytest.raises(RuntimeError, match="no longer a view into the all-reduced buffer"):
             ddp.train_step(x, y, losses.CrossEntropyLoss(), sgd(model))
     run_local(1, rank_main)
+
+
+def test_thread_ranks_sharing_one_loss_object_do_not_mix_their_gradients():
+    """run_local's ranks are threads: one loss object handed to all of them must not let a rank read the
+    gradient another rank's call left in it. The same run, repeated, gives the same bits."""
+    x, y = blobs(n=240)
+    loss = losses.CrossEntropyLoss(label_smoothing=0.1)
+    runs = [fit_on_ranks(3, x, y, epochs=2, batch_size=40, verbose=0, seed=3, loss=loss) for _ in range(6)]
+    ref = mlp()
+    expected = ref.fit(x, y, optimizer=sgd(ref), epochs=2, batch_size=40, verbose=0, seed=3, loss=loss)
+    for results in runs:
+        for state, history, _ in results:
+            assert_same_weights(state, ref.state_dict())
+            np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+        for k in runs[0][0][0]:
+            np.testing.assert_array_equal(results[0][0][k], runs[0][0][0][k])

@@ -89,6 +89,42 @@ def test_concurrent_callers_share_the_pool_correctly():
     assert not errors
 
 
+def test_callers_submitting_one_after_another_never_mix_their_jobs():
+    """Many short threaded jobs of different shapes from several Python threads at once: a worker must
+    never run one caller's task with another's function, data or task count. A stress test: the window
+    it guards (a worker preempted between reading a job's generation and its fields) is rare."""
+    import threading
+    fuseprop.set_num_threads(2)
+    rng = np.random.default_rng(5)
+    jobs = []
+    for t in range(4):  # each just over the threading threshold (short jobs, many of them), each its own shape
+        m, n, k = 100 + 7 * t, 110 + 5 * t, 96
+        a = rng.normal(size=(m, k)).astype(np.float32)
+        b = rng.normal(size=(k, n)).astype(np.float32)
+        p = rng.normal(size=70_000 + 1000 * t).astype(np.float32)
+        g = rng.normal(size=p.size).astype(np.float32)
+        q = p.copy()
+        F.sgd_step(q, g, lr=0.5)
+        jobs.append((a, b, F.matmul(a, b), p, g, q))
+    errors = []
+
+    def worker(a, b, want, p, g, want_p):
+        for i in range(1500):
+            if i % 10 == 0 and not np.array_equal(F.matmul(a, b), want):
+                errors.append("matmul")
+            q = p.copy()
+            F.sgd_step(q, g, lr=0.5)
+            if not np.array_equal(q, want_p):
+                errors.append("sgd_step")
+
+    threads = [threading.Thread(target=worker, args=job) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, f"{len(errors)} wrong results, first: {errors[0]}"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_threads_work_in_a_forked_child():
     rng = np.random.default_rng(4)

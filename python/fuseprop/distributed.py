@@ -32,6 +32,7 @@ communicator (``LocalComm``: the few mpi4py calls used here), to test training l
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -284,6 +285,10 @@ class DataParallel:
         if any(p.grad is not v for p, v in zip(self._params, self._views)):
             raise RuntimeError("a parameter's .grad was replaced (Module.to or an assignment), so it is no longer a "
                                "view into the all-reduced buffer: build the DataParallel again")
+        # A loss object keeps the gradient of its last call for backward(): ranks that are threads of one
+        # process (run_local) and were handed the same object would read each other's. Each step uses its
+        # own shallow copy (the settings as they are now; about a microsecond).
+        loss_fn = copy.copy(loss_fn)
         mean = loss_fn.reduction == "mean"
         self._flat.fill(0)
         self._pending, self._next, self._requests, self._comm_seconds = list(self._bucket_sizes), 0, [], 0.0

@@ -20,6 +20,32 @@
 namespace fuseprop {
 namespace FUSEPROP_SIMD_NS {
 
+// c (m, NV*width) = alpha * acc + beta * c for the first m <= ROWS rows; columns past the masks are
+// left alone unless FullN. beta == 0 never reads c. The write-back of every micro-kernel.
+template <class V, int ROWS, int NV, bool FullN>
+__attribute__((always_inline)) inline void store_tile(const typename V::reg (&acc)[ROWS][NV],
+                                                      const typename V::mask (&bmask)[NV], float* c, int64_t ldc,
+                                                      float alpha, float beta, int64_t m) {
+  constexpr int W = V::width;
+  const typename V::reg va = V::set1(alpha), vb = V::set1(beta);
+  FUSEPROP_UNROLL
+  for (int i = 0; i < ROWS; ++i) {
+    if (i >= m) break;
+    FUSEPROP_UNROLL
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + i * ldc + v * W;
+      typename V::reg r = V::mul(va, acc[i][v]);
+      if (FullN) {
+        if (beta != 0.0f) r = V::fma(vb, V::load(cp), r);
+        V::store(cp, r);
+      } else {
+        if (beta != 0.0f) r = V::fma(vb, V::maskload(cp, bmask[v]), r);
+        V::maskstore(cp, bmask[v], r);
+      }
+    }
+  }
+}
+
 // The direct micro-kernel: c (m,n) = alpha * sum_{p<k} a(i,p) b(p,j) + beta * c, row-major, for
 // m <= MR, n <= NR = NV * width, with a(i,p) = a[i*rs_a + p*cs_a], b(p,j) = b[p*rs_b + j] (the
 // caller's arrays, rows of B contiguous). beta == 0 never reads c. FullN (n == NR) takes the path
@@ -54,23 +80,7 @@ inline void tile_body(int64_t k, const float* a, int64_t rs_a, int64_t cs_a, con
     a += a_step;
     b += b_step;
   }
-  const typename V::reg va = V::set1(alpha), vb = V::set1(beta);
-  FUSEPROP_UNROLL
-  for (int i = 0; i < MR; ++i) {
-    if (i >= m) break;
-    FUSEPROP_UNROLL
-    for (int v = 0; v < NV; ++v) {
-      float* cp = c + i * ldc + v * W;
-      typename V::reg r = V::mul(va, acc[i][v]);
-      if (FullN) {
-        if (beta != 0.0f) r = V::fma(vb, V::load(cp), r);
-        V::store(cp, r);
-      } else {
-        if (beta != 0.0f) r = V::fma(vb, V::maskload(cp, bmask[v]), r);
-        V::maskstore(cp, bmask[v], r);
-      }
-    }
-  }
+  store_tile<V, MR, NV, FullN>(acc, bmask, c, ldc, alpha, beta, m);
 }
 
 // The packed micro-kernel: c (m,n) = alpha * sum_{p<k} a[p*MR + i] * b[p*NR + j] + beta * c, for
@@ -128,23 +138,7 @@ inline void packed_body(int64_t k, const float* a, const float* b, float* c, int
   typename V::mask bmask[NV];
   FUSEPROP_UNROLL
   for (int v = 0; v < NV; ++v) bmask[v] = V::tail_mask(n - v * W);
-  const typename V::reg va = V::set1(alpha), vb = V::set1(beta);
-  FUSEPROP_UNROLL
-  for (int i = 0; i < ROWS; ++i) {
-    if (i >= m) break;
-    FUSEPROP_UNROLL
-    for (int v = 0; v < NV; ++v) {
-      float* cp = c + i * ldc + v * W;
-      typename V::reg r = V::mul(va, acc[i][v]);
-      if (FullN) {
-        if (beta != 0.0f) r = V::fma(vb, V::load(cp), r);
-        V::store(cp, r);
-      } else {
-        if (beta != 0.0f) r = V::fma(vb, V::maskload(cp, bmask[v]), r);
-        V::maskstore(cp, bmask[v], r);
-      }
-    }
-  }
+  store_tile<V, ROWS, NV, FullN>(acc, bmask, c, ldc, alpha, beta, m);
 }
 
 template <class V, int MR, int ROWS, int NV>

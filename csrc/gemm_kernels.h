@@ -39,7 +39,7 @@ struct GemmKernels {
 };
 
 // The cache blocking of the packed path: op(A) blocks mc x kc, op(B) panels kc x nc (see gemm_blocking).
-// whole_elements: the most elements (of op(A) and one op(B) panel, over all of K) packed at once;
+// whole_elements: the most elements of one op(B) panel over all of K packed at once;
 // l2_elements: the elements one core's L2 holds (the unpacked paths' operands should fit in it).
 struct GemmBlocking {
   int64_t mc, kc, nc, whole_elements, l2_elements;

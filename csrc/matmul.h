@@ -133,10 +133,12 @@ GemmPath gemm_auto_path(const GemmKernels<T>& kern, const GemmBlocking& blk, int
 // 4 x 196, not 3 x 256 + 16: a thin last slice costs a whole read and write of C for little work);
 // every mr x nr tile of C sums slice after slice, each slice in k order, and row strips start at
 // multiples of mr, column strips at multiples of nr from each nc panel's start.
-//  - whole (op(A) no taller than one L2 block, as in a training step's products): op(A) and the nc-wide
-//    panel of op(B) are packed for every k slice at once, by all threads together, then the tiles are
-//    shared out as ranges of column strips (or of row strips, when there are fewer column strips than
-//    threads). Two waits per panel, whatever K is.
+//  - whole (op(A) no taller than one L2 block, as in a training step's products): the nc-wide panel of
+//    op(B) is packed for every k slice at once, by all threads together, then the tiles are shared out
+//    as ranges of column strips (or of row strips, when there are fewer column strips than threads).
+//    op(A) is read in place by the direct micro-kernel, which sums in the same order as the packed one
+//    (packing it cost 2-10% at these sizes: 128x128x256 x.W^T 348 -> 385 GFLOP/s on 2 threads). Two
+//    waits per panel, whatever K is.
 //  - blocked (taller op(A)): for each kc x nc panel of op(B), the threads pack the panel together,
 //    then each task packs one mc-row block of op(A) into its own buffer and computes its tiles. The
 //    row blocks are as many as fit in L2, rounded up to a multiple of the thread count and equal in
@@ -153,29 +155,23 @@ void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int
   const int64_t m_strips = ceil_div(M, mr), max_n_strips = ceil_div(nc_max, nr);
   auto slice_kc = [&](int64_t p0) { return K - p0 < kc_even ? K - p0 : kc_even; };
 
-  const bool whole = M <= blk.mc && (m_strips * mr + max_n_strips * nr) * K <= blk.whole_elements;
+  const bool whole = M <= blk.mc && max_n_strips * nr * K <= blk.whole_elements;
   if (whole) {
-    T* Ap = gemm_buffer<T, 1>(m_strips * mr * K);  // slice p0 at Ap + p0 * m_strips * mr; strip i at + i * mr * kc
-    T* Bp = gemm_buffer<T, 0>(max_n_strips * nr * K);
+    T* Bp = gemm_buffer<T, 0>(max_n_strips * nr * K);  // slice p0 at Bp + p0 * n_strips * nr; strip s at + s * nr * kc
+    const int64_t rs_a = trans_a ? 1 : lda, cs_a = trans_a ? lda : 1;  // op(A)(i, p) = A[i * rs_a + p * cs_a]
     for (int64_t j0 = 0; j0 < N; j0 += blk.nc) {
       const int64_t nc = N - j0 < blk.nc ? N - j0 : blk.nc, n_strips = ceil_div(nc, nr);
-      // Packing units: (slice, strip) pairs, A's first (on the first panel only), then B's.
-      const int64_t a_units = j0 == 0 ? k_slices * m_strips : 0, units = a_units + k_slices * n_strips;
+      // Packing units: (slice, strip) pairs of op(B).
+      const int64_t units = k_slices * n_strips;
       const int64_t pack_tasks = threads > 1 ? (units < 4 * int64_t(threads) ? units : 4 * int64_t(threads)) : 1;
       parallel_tasks(pack_tasks, threads, [&](int64_t t) {
         for (int64_t u = units * t / pack_tasks; u < units * (t + 1) / pack_tasks; ++u) {
-          if (u < a_units) {
-            const int64_t p0 = (u / m_strips) * kc_even, i = u % m_strips;
-            kern.pack_a(Ap + p0 * m_strips * mr + i * mr * slice_kc(p0), A, lda, trans_a, i * mr,
-                        M - i * mr < mr ? M - i * mr : mr, mr, p0, slice_kc(p0));
-          } else {
-            const int64_t v = u - a_units, p0 = (v / n_strips) * kc_even, s = v % n_strips;
-            kern.pack_b(Bp + p0 * n_strips * nr + s * nr * slice_kc(p0), B, ldb, trans_b, p0, slice_kc(p0),
-                        j0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, nr);
-          }
+          const int64_t p0 = (u / n_strips) * kc_even, s = u % n_strips;
+          kern.pack_b(Bp + p0 * n_strips * nr + s * nr * slice_kc(p0), B, ldb, trans_b, p0, slice_kc(p0),
+                      j0 + s * nr, nc - s * nr < nr ? nc - s * nr : nr, nr);
         }
       });
-      // Tiles: ranges of column strips (each B strip stays in L1 while A's strips stream past), or of
+      // Tiles: ranges of column strips (each B strip stays in L1 while A's rows stream past), or of
       // row strips when the panel is too narrow to give every thread columns.
       const bool by_rows = n_strips < int64_t(threads) && m_strips > n_strips;
       const int64_t span = by_rows ? m_strips : n_strips;
@@ -193,8 +189,8 @@ void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int
             for (int64_t i = i0; i < i1; ++i) {
               const int64_t rows = M - i * mr < mr ? M - i * mr : mr;
               T* Ct = C + i * mr * ldc + j0 + s * nr;
-              kern.packed_tile(kc, Ap + p0 * m_strips * mr + i * mr * kc, 0, 0, Bp + p0 * n_strips * nr + s * nr * kc, 0,
-                               Ct, ldc, alpha, beta_here, rows, cols);
+              kern.direct_tile(kc, A + i * mr * rs_a + p0 * cs_a, rs_a, cs_a, Bp + p0 * n_strips * nr + s * nr * kc,
+                               nr, Ct, ldc, alpha, beta_here, rows, cols);
               if (last_slice) epilogue(Ct, ldc, i * mr, j0 + s * nr, rows, cols);
             }
           }

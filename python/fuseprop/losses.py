@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from .nn import as_input
+from .nn import _tie_gradient, as_input
 
 __all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
 
@@ -35,6 +35,7 @@ class _Loss:
     def __call__(self, pred, target) -> float:
         self._grad = self._grad_from = None
         loss, self._grad = self._compute(pred, target)
+        _tie_gradient(self._grad, pred)  # backward checks that it is handed to the forward that made pred
         return float(loss)
 
     def backward(self) -> np.ndarray:

@@ -12,6 +12,8 @@ dtype, shape or layout raises.
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -22,7 +24,7 @@ from . import init
 from . import _random
 
 __all__ = ["Parameter", "Module", "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU",
-           "Softmax", "LogSoftmax", "Dropout", "Sequential", "init", "utils"]
+           "Softmax", "LogSoftmax", "Dropout", "Sequential", "no_grad", "init", "utils"]
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -30,6 +32,88 @@ _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # parameters, activation settings) and Parameter arrays. A native training plan (Sequential.train_step)
 # records it when built and looks at the model again only when it has moved.
 _generation = 0
+
+
+# -- What a backward may use. A forward records what its backward needs (its tape), unless recording
+# is off (no_grad: predict and evaluate run under it), and numbers its recorded forwards; a backward
+# uses the tape once. The gradient a loss computes is tied to the forward whose output it came from
+# (fuseprop.losses calls _tie_gradient), so a module's backward handed the gradient of its own output
+# from another forward (a later one, or one under no_grad) raises instead of returning numbers computed
+# from another batch's inputs. A gradient the caller made itself carries no tie and is trusted. Modules
+# with parameters (Linear, Sequential) use a tape once: a second backward would add its gradients twice.
+_state = threading.local()
+_CONSUMED = "consumed"  # a tape whose backward has run
+_OUTPUTS = {}  # id(output) -> (weakref to it, weakref to the module, its forward number or None under no_grad)
+_GRADIENTS = {}  # id(gradient) -> (weakref to it, (weakref to the module, forward number) or None)
+
+
+def _recording() -> bool:
+    return getattr(_state, "recording", True)
+
+
+class no_grad:
+    """``with fuseprop.nn.no_grad(): ...`` runs forwards that record nothing for backward and leave the
+    last recorded forward's tape as it was (as torch.no_grad); predict and evaluate run under it."""
+
+    def __enter__(self):
+        self._previous = _recording()
+        _state.recording = False
+        return self
+
+    def __exit__(self, *exc):
+        _state.recording = self._previous
+        return False
+
+
+def _remember(table, obj, value):
+    """table[id(obj)] = (weakref to obj, value), dropped when obj is freed; silently skipped for objects
+    that take no weak reference."""
+    key = id(obj)
+    try:
+        ref = weakref.ref(obj, lambda _, key=key: table.pop(key, None))
+    except TypeError:
+        return
+    table[key] = (ref, value)
+
+
+def _recall(table, obj):
+    entry = table.get(id(obj))
+    return entry[1] if entry is not None and entry[0]() is obj else None
+
+
+def _record_forward(module, output):
+    """Numbers a forward of module and ties its output to it; returns the number (None under no_grad)."""
+    number = None
+    if _recording():
+        number = module.__dict__.get("_forward_number", 0) + 1
+        object.__setattr__(module, "_forward_number", number)
+    _remember(_OUTPUTS, output, (weakref.ref(module), number))
+    return number
+
+
+def _tie_gradient(gradient, output):
+    """A loss's gradient belongs to the forward that produced output (when a module's forward did)."""
+    _remember(_GRADIENTS, gradient, _recall(_OUTPUTS, output))
+
+
+def _check_tape(module, tape, number, grad_out):
+    """Raises unless module's backward may use its tape for grad_out."""
+    name = type(module).__name__
+    if tape is None:
+        raise RuntimeError(f"{name}.backward called before forward")
+    if tape is _CONSUMED:
+        raise RuntimeError(f"{name}.backward called twice for one forward: its gradients were added already "
+                           "(run the forward again before another backward)")
+    tie = _recall(_GRADIENTS, grad_out)
+    if tie is not None and tie[0]() is module and tie[1] != number:
+        # The gradient of this module's own output, from a forward other than the one on the tape. (A
+        # gradient tied to another module's output, such as a container's whose last layer this is, may
+        # hold the right values, so it is trusted, as an untied one is.)
+        why = ("by a forward that recorded nothing (under no_grad: predict, evaluate)" if tie[1] is None
+               else "by another forward than the last recorded one")
+        raise RuntimeError(f"{name}.backward was given the gradient of an output produced {why}: it would "
+                           "combine that gradient with another batch's inputs. Run the forward again, then the "
+                           "loss, then backward")
 
 
 def _float_dtype(dtype) -> np.dtype:
@@ -364,7 +448,9 @@ class Linear(Module):
             return _cuda_forward(self, [(self, None)], x)
         x = as_input(x, self.weight.dtype, "x", ndim=2, features=self.in_features)
         y, _ = F.linear_forward(x, self.weight.data, self.bias.data if self.bias is not None else None)
-        self._saved = x
+        number = _record_forward(self, y)
+        if number is not None:
+            self._saved, self._saved_number = x, number
         return y
 
     def backward(self, grad_out):
@@ -372,12 +458,12 @@ class Linear(Module):
 
     def _backward(self, grad_out, need_input_grad: bool):
         _cpu_only(self, "backward")
-        if self._saved is None:
-            raise RuntimeError("Linear.backward called before forward")
+        _check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
         x = self._saved
         grad_out = as_input(grad_out, self.weight.dtype, "grad_out", ndim=2, features=self.out_features)
         if grad_out.shape[0] != x.shape[0]:
             raise ValueError(f"grad_out must have shape {(x.shape[0], self.out_features)}, got {grad_out.shape}")
+        self._saved = _CONSUMED
         grad_x, _, _ = F.linear_backward(grad_out, x, self.weight.data, None, None, "identity",
                                          has_bias=self.bias is not None, need_grad_x=need_input_grad,
                                          grad_weight=self.weight.grad,
@@ -401,16 +487,18 @@ class _Activation(Module):
     def forward(self, x):
         x = _float_input(x, "x")
         y = F.activation_forward(x, self.activation, self.negative_slope)
-        self._saved = (x, y)
+        number = _record_forward(self, y)
+        if number is not None:
+            self._saved, self._saved_number = (x, y), number
         return y
 
     def backward(self, grad_out):
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        _check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
         x, y = self._saved
         grad_out = as_input(grad_out, x.dtype, "grad_out")
         if grad_out.shape != x.shape:
             raise ValueError(f"grad_out must have shape {x.shape}, got {grad_out.shape}")
+        # No parameters, so nothing to add twice: the tape stays for further backwards.
         return F.activation_backward(grad_out, x, y, self.activation, self.negative_slope)
 
 
@@ -516,24 +604,23 @@ class Dropout(Module):
 
     def forward(self, x):
         x = _float_input(x, "x")
-        if not self.training or self.p == 0.0:
-            self._saved = (None,)
-            return x
-        mask = _random.resolve(self._generator).random(x.shape, dtype=x.dtype) >= self.p
-        mask = mask.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        self._saved = (mask,)
-        return x * mask
+        mask = None
+        if self.training and self.p != 0.0:
+            mask = _random.resolve(self._generator).random(x.shape, dtype=x.dtype) >= self.p
+            mask = mask.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        y = x if mask is None else x * mask
+        number = _record_forward(self, y)
+        if number is not None:
+            self._saved, self._saved_number = (mask,), number
+        return y
 
     def backward(self, grad_out):
-        if self._saved is None:
-            raise RuntimeError("Dropout.backward called before forward")
+        _check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
         mask, = self._saved
         grad_out = _float_input(grad_out, "grad_out")
-        if mask is None:
-            return grad_out
-        if grad_out.shape != mask.shape:
+        if mask is not None and grad_out.shape != mask.shape:
             raise ValueError(f"grad_out must have shape {mask.shape}, got {grad_out.shape}")
-        return grad_out * mask
+        return grad_out if mask is None else grad_out * mask  # no parameters: the tape stays
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -613,7 +700,9 @@ class Sequential(Module):
                                     act.activation, act.negative_slope)
             tape.append((m, act, (x, z, y)))
             x = y
-        self._tape = tape
+        number = _record_forward(self, x)
+        if number is not None:
+            self._tape, self._tape_number = tape, number
         return x
 
     def backward(self, grad_out):
@@ -623,11 +712,12 @@ class Sequential(Module):
         """done(module), if given, is called as soon as a module's parameter gradients are written, from
         the output back to the input (fuseprop.distributed starts each bucket's all-reduce there)."""
         _cpu_only(self, "backward")
-        if self._tape is None:
-            raise RuntimeError("Sequential.backward called before forward")
-        g = grad_out
-        for i in range(len(self._tape) - 1, -1, -1):
-            m, act, saved = self._tape[i]
+        _check_tape(self, self._tape, self.__dict__.get("_tape_number"), grad_out)
+        # A view of grad_out (the same memory, another object) for the layers: checked here once, it is
+        # this forward's, and must not read as another module's gradient to the last layer's own check.
+        tape, g = self._tape, grad_out.view() if isinstance(grad_out, np.ndarray) else grad_out
+        for i in range(len(tape) - 1, -1, -1):
+            m, act, saved = tape[i]
             need = need_input_grad or i > 0
             if act is None:
                 g = m._backward(g, need) if isinstance(m, (Linear, Sequential)) else m.backward(g)
@@ -639,6 +729,8 @@ class Sequential(Module):
                 g, _, _ = F.linear_backward(g, x, m.weight.data, z, y, act.activation, act.negative_slope,
                                             has_bias=m.bias is not None, need_grad_x=need, grad_weight=m.weight.grad,
                                             grad_bias=m.bias.grad if m.bias is not None else None)
+            if i == len(tape) - 1:  # the output layer took grad_out and wrote its gradients: used once
+                object.__setattr__(self, "_tape", _CONSUMED)
             if done is not None:
                 done(m)
         return g

@@ -31,6 +31,8 @@ Reported losses are per-sample means over the epoch (batch losses weighted by ba
 """
 from __future__ import annotations
 
+import copy
+
 import math
 import sys
 import time
@@ -233,6 +235,10 @@ def _per_layer_step(model, x, y, loss_fn, optimizer, l1, l2, clip_norm, clip_val
     if not all(np.isfinite(p.grad).all() for p in params):
         raise FloatingPointError("a gradient is not finite; the weights were not updated")
     optimizer.step()
+    for name, p in model.named_parameters():  # as Sequential.train_step: an overflowing update is never silent
+        if not np.isfinite(p.data).all():
+            raise FloatingPointError(f"the optimizer update made {name} non-finite (is the learning rate too "
+                                     "large?); the weights were overwritten: reload them from a checkpoint")
     return value, out
 
 
@@ -611,7 +617,8 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
     model.eval()
     try:
         x = np.asarray(x)
-        return np.concatenate([cuda.to_host(model(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+        with nn.no_grad():  # the last recorded forward's tape stays for its backward
+            return np.concatenate([cuda.to_host(model(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 
@@ -619,17 +626,19 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
 def evaluate(model, x, y, loss=None, batch_size: int = 256) -> dict:
     """{"loss": per-sample mean loss} plus "accuracy" for CrossEntropyLoss, in eval mode, in batches.
     loss defaults as in fit."""
-    loss_fn = loss if loss is not None else _default_loss(y)
+    # A copy of the loss: the caller's keeps the gradient of its own last call for backward().
+    loss_fn = copy.copy(loss) if loss is not None else _default_loss(y)
     x, y = _prepare(model, x, y, loss_fn)
     was_training = model.training
     model.eval()
     total = correct = 0
     try:
-        for i in range(0, len(x), batch_size):
-            out, yb = cuda.to_host(model(x[i:i + batch_size])), y[i:i + batch_size]
-            total += loss_fn(out, yb) * (len(yb) if loss_fn.reduction == "mean" else 1)
-            if isinstance(loss_fn, losses.CrossEntropyLoss):
-                correct += int((out.argmax(1) == yb).sum())
+        with nn.no_grad():  # the last recorded forward's tape stays for its backward
+            for i in range(0, len(x), batch_size):
+                out, yb = cuda.to_host(model(x[i:i + batch_size])), y[i:i + batch_size]
+                total += loss_fn(out, yb) * (len(yb) if loss_fn.reduction == "mean" else 1)
+                if isinstance(loss_fn, losses.CrossEntropyLoss):
+                    correct += int((out.argmax(1) == yb).sum())
     finally:
         model.train(was_training)
     result = {"loss": total / len(x) if loss_fn.reduction == "mean" else total}

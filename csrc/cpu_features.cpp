@@ -99,15 +99,14 @@ CacheSizes detect_caches() {
     if (std::sscanf(env, "%lld,%lld,%lld", &l1, &l2, &l3) == 3 && l1 > 0 && l2 > 0 && l3 > 0) return {l1, l2, l3};
     std::fprintf(stderr, "fuseprop: ignoring FUSEPROP_CACHES=%s (expected three byte counts: l1d,l2,l3)\n", env);
   }
+  // CPUID first: it describes the caches one core shares (an AMD core's L3 is its CCX's, 32 MiB on a
+  // Zen 5 EPYC, where sysconf reports every CCX's together, 384 MiB); the OS where CPUID cannot tell.
+  c = cpuid_caches();
 #if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
-  c.l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE);
-  c.l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-  c.l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (c.l1d <= 0) c.l1d = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+  if (c.l2 <= 0) c.l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (c.l3 <= 0) c.l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
 #endif
-  const CacheSizes id = cpuid_caches();
-  if (c.l1d <= 0) c.l1d = id.l1d;
-  if (c.l2 <= 0) c.l2 = id.l2;
-  if (c.l3 <= 0) c.l3 = id.l3;
   if (c.l1d <= 0) c.l1d = 32 << 10;
   if (c.l2 <= 0) c.l2 = 512 << 10;
   if (c.l3 <= 0) c.l3 = 8 << 20;

@@ -26,8 +26,8 @@ bool parse_cpu_level(const std::string& name, CpuLevel* level);
 // Every level this machine can run, lowest first.
 std::vector<CpuLevel> cpu_levels_available();
 
-// The data caches one core sees, in bytes: L1d and L2 per core, L3 shared. Read once, from the OS
-// (sysconf on Linux) or else CPUID; a level that cannot be read gets a conservative default
+// The data caches one core sees, in bytes: L1d and L2 per core, L3 shared. Read once, from CPUID
+// (the core's own view) or else the OS (sysconf on Linux); a level that cannot be read gets a conservative default
 // (32 KiB, 512 KiB, 8 MiB). FUSEPROP_CACHES="l1d,l2,l3" (bytes) overrides them, for tests.
 struct CacheSizes {
   int64_t l1d, l2, l3;

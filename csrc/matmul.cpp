@@ -76,14 +76,16 @@ const GemmKernels<double>& gemm_kernels(double) { return generic_kernels<double>
 // past it (two thirds of L1, leaving room for those and for C: on a Zen 5 core, kc 256 ran 3% faster
 // than kc 192, half of L1), an mc x kc block of op(A) stays in L2
 // (half of it), and a kc x nc panel of op(B) stays in the core's share of L3. The whole-K form packs
-// op(A) and a panel of op(B) over all of K when they fit in half of L3.
+// a panel of op(B) over all of K when it fits in half of L3, and 16 MiB at most.
 GemmBlocking gemm_blocking(int mr, int nr, int64_t elem) {
   const CacheSizes& cache = cpu_cache_sizes();
   auto clamp = [](int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); };
   const int64_t kc = clamp(cache.l1d * 2 / 3 / (nr * elem) / 32 * 32, 64, 512);
   const int64_t mc = clamp(cache.l2 / 2 / (kc * elem) / mr * mr, 4 * mr, 120 * mr);
   const int64_t nc = clamp(cache.l3 / 4 / (kc * elem) / nr * nr, 16 * nr, 256 * nr);
-  return {mc, kc, nc, cache.l3 / 2 / elem, cache.l2 / elem};
+  // The whole-K form keeps its op(B) panel (per calling thread, for reuse) in at most 16 MiB.
+  const int64_t whole_bytes = cache.l3 / 2 < (int64_t(16) << 20) ? cache.l3 / 2 : (int64_t(16) << 20);
+  return {mc, kc, nc, whole_bytes / elem, cache.l2 / elem};
 }
 
 GemmPath gemm_path() { return static_cast<GemmPath>(forced_path.load(std::memory_order_relaxed)); }

@@ -8,11 +8,15 @@ import fuseprop
 from fuseprop import _C, cuda
 
 
-def test_build_info_reports_cuda_consistently():
+def test_build_info_reports_what_the_extension_holds():
+    """cuda_compiled says whether the CUDA entry points are in the module; the status names the reason
+    when no device can be used."""
     info = fuseprop.build_info()
-    assert info["cuda_compiled"] == cuda.is_compiled() == bool(_C.cuda_compiled)
-    assert info["cuda_available"] == cuda.is_available() == (cuda.device_count() > 0)
-    assert info["cuda_status"] == cuda.status()
+    assert info["cuda_compiled"] == hasattr(_C, "CudaTrainPlan") == hasattr(_C, "cuda_matmul")
+    assert info["cuda_available"] == (cuda.device_count() > 0)
+    assert info["cuda_status"].startswith("no CUDA device: ") != info["cuda_available"]
+    if not info["cuda_compiled"]:
+        assert not info["cuda_available"] and "no CUDA backend" in info["cuda_status"]
 
 
 @pytest.mark.skipif(cuda.is_available(), reason="a CUDA device is present")

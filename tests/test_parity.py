@@ -261,11 +261,3 @@ def test_registry_covers_every_functional_op():
     ops -= {"as_labels"}  # a conversion helper, not an op
     assert ops == {op.covers for op in REGISTRY} - {"_C.matmul_reference"}
     assert set(functional.ACTIVATIONS) == set(reference.ACTIVATIONS) == {a for a, _ in ACTS}
-
-
-def test_report_worst_errors(capsys):
-    """Prints the worst parity errors of this run (pytest -s shows them; the closing note quotes them)."""
-    with capsys.disabled():
-        for key, w in sorted(WORST.items()):
-            print(f"\n[parity] {key}: max_abs_err={w['max_abs_err']:.3e}; worst error used {w['tolerance_used']:.1%} "
-                  f"of its tolerance, at {w['where']}")

@@ -145,11 +145,10 @@ GemmPath gemm_auto_path(const GemmKernels<T>& kern, const GemmBlocking& blk, int
 //    size, so no thread is left with the stub.
 // A phase waits only for tasks already claimed, never for a thread to show up.
 template <typename T, typename Epilogue>
-void matmul_packed(const GemmKernels<T>& kern, T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K,
-                   int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha, T beta,
-                   const Epilogue& epilogue, int threads) {
+void matmul_packed(const GemmKernels<T>& kern, const GemmBlocking& blk, T* C, const T* A, const T* B, int64_t M,
+                   int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool trans_a, bool trans_b, T alpha,
+                   T beta, const Epilogue& epilogue, int threads) {
   const int mr = kern.mr, nr = kern.nr;
-  const GemmBlocking blk = gemm_blocking(mr, nr, sizeof(T));
   const int64_t k_slices = ceil_div(K, blk.kc), kc_even = ceil_div(K, k_slices);
   const int64_t nc_max = N < blk.nc ? N : blk.nc;
   const int64_t m_strips = ceil_div(M, mr), max_n_strips = ceil_div(nc_max, nr);
@@ -251,14 +250,14 @@ void matmul_blocked(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t 
     return;
   }
   const GemmKernels<T>& kern = gemm_kernels(T{});
+  const GemmBlocking blk = gemm_blocking(kern.mr, kern.nr, sizeof(T));
   const int threads = threads_for(M * N * K);
   GemmPath path = gemm_path();
-  if (path == GemmPath::automatic)
-    path = gemm_auto_path(kern, gemm_blocking(kern.mr, kern.nr, sizeof(T)), M, N, K, trans_a, trans_b);
+  if (path == GemmPath::automatic) path = gemm_auto_path(kern, blk, M, N, K, trans_a, trans_b);
   if (path == GemmPath::dot && !(!trans_a && trans_b)) path = GemmPath::packed;      // dot needs A and B rows along k
   if (path == GemmPath::direct && trans_b) path = GemmPath::packed;                  // direct needs rows of op(B)
   if (path == GemmPath::packed) {
-    matmul_packed(kern, C, A, B, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta, epilogue, threads);
+    matmul_packed(kern, blk, C, A, B, M, N, K, lda, ldb, ldc, trans_a, trans_b, alpha, beta, epilogue, threads);
     return;
   }
   const int tm = path == GemmPath::dot ? kern.dm : kern.mr, tn = path == GemmPath::dot ? kern.dn : kern.nr;

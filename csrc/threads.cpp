@@ -76,8 +76,8 @@ class TaskPool {
     // The task counter moves to the new generation, closed, BEFORE the job's fields change: a worker
     // that read an older generation and then reads any of the new fields (acquire) also sees the
     // counter closed to it, so it can never run one job's task with another job's function, context
-    // or count. (Two threads submitting one after the other made that possible: a task run twice, a
-    // job ending early, different results from run to run.)
+    // or count. (Without this order, a worker preempted between reading the generation and the fields,
+    // while two threads submitted one after the other, could run a task twice or end a job early.)
     next_.store((gen << kIndexBits) | kIndexMask, std::memory_order_seq_cst);
     fn_.store(fn, std::memory_order_release);
     ctx_.store(ctx, std::memory_order_release);

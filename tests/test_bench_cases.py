@@ -153,3 +153,12 @@ def test_fma_peak_refuses_a_level_this_cpu_lacks():
         pytest.skip("this CPU runs every level")
     with pytest.raises(ValueError, match="level"):
         fma_peak(1, 0.01, missing[0])
+
+
+@pytest.mark.parametrize("option", [["--threads", "0"], ["--repeats", "0"], ["--window", "0"], ["--window", "-1"]])
+def test_compare_refuses_zero_and_negative_options(option, capsys):
+    """0 is reported, not taken for the default (it used to run the whole table)."""
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(option + ["--peers", "numpy", "--case", "gemm 1024x1024-1024"])
+    assert exit_info.value.code == 2
+    assert "--repeats and --threads must be >= 1 and --window > 0" in capsys.readouterr().err

@@ -261,11 +261,13 @@ def parse_args(argv, prog):
     parser.add_argument("--markdown", action="store_true", help="the table in Markdown, for benchmarks/RESULTS.md")
     parser.add_argument("--png", metavar="PATH", help="also write a bar chart of the ratios (needs matplotlib)")
     args = parser.parse_args(argv)
-    args.repeats = args.repeats or (3 if args.quick else 7)
-    args.window = args.window or (0.1 if args.quick else 0.3)
-    args.threads = args.threads or len(available_cpus())
-    if args.repeats < 1 or args.window <= 0 or args.threads < 1:
+    # Checked as given: 0 is a mistake to report, not a request for the default.
+    if (args.repeats is not None and args.repeats < 1) or (args.threads is not None and args.threads < 1) or (
+            args.window is not None and not args.window > 0):
         parser.error("--repeats and --threads must be >= 1 and --window > 0")
+    args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
+    args.window = args.window if args.window is not None else (0.1 if args.quick else 0.3)
+    args.threads = args.threads if args.threads is not None else len(available_cpus())
     if args.peers is None:
         args.peers = [p for p in PEERS if installed(p)]
     else:

@@ -93,7 +93,9 @@ def _record_forward(module, output):
 
 def _tie_gradient(gradient, output):
     """A loss's gradient belongs to the forward that produced output (when a module's forward did)."""
-    _remember(_GRADIENTS, gradient, _recall(_OUTPUTS, output))
+    tie = _recall(_OUTPUTS, output)
+    if tie is not None:
+        _remember(_GRADIENTS, gradient, tie)
 
 
 def _check_tape(module, tape, number, grad_out):

@@ -242,8 +242,9 @@ def batches(x, y, batch_size: int, shuffle: bool = True, drop_last: bool = False
     return _iterate(x, y, order, int(batch_size), stop, shard)
 
 
-def _iterate(x, y, order, batch_size, stop, shard):
-    for start in range(0, stop, batch_size):
+def _iterate(x, y, order, batch_size, stop, shard, first=0):
+    """Batches first, first+1, ... over the rows order names (None: unshuffled), up to row stop."""
+    for start in range(first * batch_size, stop, batch_size):
         end = min(start + batch_size, stop)
         if shard is not None:  # rank r's part of [start, end), as np.array_split cuts it
             count, (rank, world) = end - start, shard

@@ -384,7 +384,7 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 order = rng.permutation(n) if shuffle else None  # as datasets.batches draws it
                 first, total, correct, seen = native.epoch(order, callbacks, bar)
                 fused_steps += first
-                batches = _ordered_batches(x, y, order, batch_size, native.stop, first)
+                batches = datasets._iterate(x, y, order, batch_size, native.stop, None, first)
             else:
                 shard = (ddp.rank, ddp.world_size) if ddp is not None else None
                 batches = _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard)
@@ -449,15 +449,6 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
     history.params["fused"] = fused_steps > 0
     history.params["world_size"] = ddp.world_size if ddp is not None else 1
     return history
-
-
-def _ordered_batches(x, y, order, batch_size, stop, first=0):
-    """Batches first, first+1, ... of an epoch over the rows order names (None: unshuffled), up to row stop,
-    cut as datasets.batches cuts them."""
-    for start in range(first * batch_size, stop, batch_size):
-        end = min(start + batch_size, stop)
-        index = slice(start, end) if order is None else order[start:end]
-        yield x[index], y[index]
 
 
 def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard=None):

@@ -1,7 +1,7 @@
-"""fit's epochs as native runs of many fused steps (training._NativeEpochs, _C.TrainPlan.run_batches).
+"""fit's epochs as native runs of many fused steps (training.native_epochs.NativeEpochs, _C.TrainPlan.run_batches).
 
 Every case fits the same model twice from the same start: once with native runs, once stepping batch by
-batch from Python (training._NATIVE_EPOCHS = False, today's loop, which the other test files check against
+batch from Python (native_epochs._NATIVE_EPOCHS = False, today's loop, which the other test files check against
 the per-layer path and the reference). Both must agree to the last bit: the history, every weight and
 gradient, the optimizer's state and param groups, the schedules, the plan's counters, the loss's gradient,
 and, when a batch is refused, the exception and everything it leaves behind. The cases that need Python
@@ -14,7 +14,8 @@ import pytest
 
 import fuseprop
 from fuseprop import losses, nn, optim, training
-from fuseprop._train_plan import FusedStep
+from fuseprop.engine import FusedStep
+from fuseprop.training import native_epochs
 
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 N, FEATURES, CLASSES = 60, 12, 4
@@ -105,7 +106,7 @@ def native_runs(monkeypatch):
 
 def outcome(native, monkeypatch, make, epochs=3, **fit_kw):
     """Everything a fit leaves behind, with native runs on or off."""
-    monkeypatch.setattr(training, "_NATIVE_EPOCHS", native)
+    monkeypatch.setattr(native_epochs, "_NATIVE_EPOCHS", native)
     model, opt, loss_fn, callbacks, x, y = make()
     error = history = None
     try:
@@ -217,8 +218,8 @@ def test_many_epochs_in_runs_of_any_length(monkeypatch, native_runs):
     # Runs of 1, 2, 3 batches and the adaptive ones all give the one result.
     make = lambda: setup("relu", "ce", "adam", np.float32, n=200)  # noqa: E731
     reference = outcome(False, monkeypatch, make, epochs=6, batch_size=7)
-    for longest in (1, 2, 3, training._MAX_RUN):
-        monkeypatch.setattr(training, "_MAX_RUN", longest)
+    for longest in (1, 2, 3, native_epochs._MAX_RUN):
+        monkeypatch.setattr(native_epochs, "_MAX_RUN", longest)
         native_runs.clear()
         assert_same(outcome(True, monkeypatch, make, epochs=6, batch_size=7), reference)
         assert max(native_runs) <= longest
@@ -258,8 +259,8 @@ def test_the_progress_bar_moves_between_runs(monkeypatch, native_runs):
         def close(self):
             moved.append("close")
 
-    monkeypatch.setattr(training, "_progress_bar", lambda verbose, total, desc: Bar())
-    monkeypatch.setattr(training, "_MAX_RUN", 3)
+    monkeypatch.setattr(training.loop, "_progress_bar", lambda verbose, total, desc: Bar())
+    monkeypatch.setattr(native_epochs, "_MAX_RUN", 3)
     model, opt, loss_fn, _, x, y = setup()
     model.fit(x, y, loss=loss_fn, optimizer=opt, epochs=2, batch_size=7, verbose=1)
     steps = -(-N // 7)
@@ -302,7 +303,7 @@ SCHEDULES = {
 @pytest.mark.parametrize("opt", ["sgd-groups", "adam-groups"])
 @pytest.mark.parametrize("case", list(SCHEDULES))
 def test_schedules_give_every_step_its_lr(case, opt, longest, monkeypatch, native_runs):
-    monkeypatch.setattr(training, "_MAX_RUN", longest)
+    monkeypatch.setattr(native_epochs, "_MAX_RUN", longest)
     out = compare(monkeypatch, native_runs, lambda: setup("relu", "ce", opt, schedules=SCHEDULES[case]), epochs=3)
     assert out["schedules"]
 
@@ -439,7 +440,7 @@ def test_an_overflowing_update_stops_after_it(opt, first_ok, monkeypatch, native
         made[5] = np.full_like(made[5], 1000)
         return made
 
-    monkeypatch.setattr(training, "_MAX_RUN", 4)
+    monkeypatch.setattr(native_epochs, "_MAX_RUN", 4)
     with np.errstate(over="ignore", invalid="ignore"):
         out = compare(monkeypatch, native_runs, make, batch_size=5)
     assert out["error"][0] is FloatingPointError and "the weights were overwritten" in out["error"][1]
@@ -480,7 +481,7 @@ def test_inputs_the_step_refuses_raise_as_before(monkeypatch, native_runs):
 def test_a_schedule_that_gives_a_negative_lr_raises_at_the_same_batch(monkeypatch, native_runs):
     below_zero = lambda o: training.CosineAnnealingLR(o, T_max=20, eta_min=-0.05, interval="step")  # noqa: E731
     for longest in (3, 1 << 14):
-        monkeypatch.setattr(training, "_MAX_RUN", longest)
+        monkeypatch.setattr(native_epochs, "_MAX_RUN", longest)
         native_runs.clear()
         out = compare(monkeypatch, native_runs, lambda: setup("relu", "ce", "sgd", schedules=[below_zero]))
         assert out["error"][0] is ValueError and out["error"][1].startswith("Invalid learning rate")
@@ -497,7 +498,7 @@ def test_a_schedule_whose_formula_raises_raises_at_the_same_batch(longest, monke
         made[3] = [training.StepLR(made[1], step_size=1, gamma=1e100, interval="step"), cosine(made[1])]
         return made
 
-    monkeypatch.setattr(training, "_MAX_RUN", longest)
+    monkeypatch.setattr(native_epochs, "_MAX_RUN", longest)
     out = compare(monkeypatch, native_runs, make)
     assert out["error"][0] is OverflowError and out["schedules"][0][0] == 4 and out["schedules"][1][0] == 3
 

@@ -9,9 +9,15 @@ from __future__ import annotations
 import numpy as np
 
 from . import functional as F
-from .nn import _tie_gradient, as_input
+from ._arrays import as_input
+from ._tape import tie_gradient
 
-__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss"]
+__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "default_for"]
+
+
+def default_for(y):
+    """The loss fit and evaluate use when given none: CrossEntropyLoss for integer targets, else MSELoss."""
+    return CrossEntropyLoss() if np.asarray(y).dtype.kind in "iu" else MSELoss()
 
 
 class _Loss:
@@ -32,10 +38,18 @@ class _Loss:
     def _compute(self, pred, target):
         raise NotImplementedError
 
+    _native_kind = None  # the native plans' name of this loss, set by the class that defines it
+
+    def _native_form(self):
+        """(kind, reduction, label_smoothing) for the native plans (engine.protocol), or None: a subclass
+        computes its own loss, so only the class that names the kind has this form."""
+        kind = type(self).__dict__.get("_native_kind")
+        return None if kind is None else (kind, self.reduction, getattr(self, "label_smoothing", 0.0))
+
     def __call__(self, pred, target) -> float:
         self._grad = self._grad_from = None
         loss, self._grad = self._compute(pred, target)
-        _tie_gradient(self._grad, pred)  # backward checks that it is handed to the forward that made pred
+        tie_gradient(self._grad, pred)  # backward checks that it is handed to the forward that made pred
         return float(loss)
 
     def backward(self) -> np.ndarray:
@@ -61,6 +75,8 @@ class _Loss:
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy from logits (B, C) and integer class labels (B,), optional label smoothing."""
 
+    _native_kind = "cross_entropy"
+
     def __init__(self, label_smoothing: float = 0.0, reduction: str = "mean"):
         super().__init__(reduction)
         if not 0.0 <= label_smoothing <= 1.0:
@@ -79,6 +95,8 @@ class CrossEntropyLoss(_Loss):
 class MSELoss(_Loss):
     """Mean (or summed) squared error over all elements."""
 
+    _native_kind = "mse"
+
     def _compute(self, pred, target):
         pred = self._pred(pred, "pred")
         return F.mse_loss(pred, as_input(target, pred.dtype, "target"), self.reduction)
@@ -86,6 +104,8 @@ class MSELoss(_Loss):
 
 class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits (sigmoid fused, numerically stable), over all elements."""
+
+    _native_kind = "bce_with_logits"
 
     def _compute(self, pred, target):
         logits = self._pred(pred, "logits")

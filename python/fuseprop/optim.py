@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import copy
 import math
+from operator import itemgetter
 
 import numpy as np
 
 from . import cuda
 from . import functional as F
-from .nn import Parameter
+from ._arrays import Parameter
+from .engine.protocol import NativeOptimizer
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -92,6 +94,16 @@ class Optimizer:
 
     def _update(self, p: Parameter, group: dict, state: dict):
         raise NotImplementedError
+
+    _native = None  # the update rule as the native plans run it (engine.protocol), set by the class that defines it
+
+    def _native_form(self):
+        """The NativeOptimizer of this rule, or None: a subclass may change the update, so only the class
+        that defines the form has it."""
+        return type(self).__dict__.get("_native")
+
+    def _state_to_host(self, entry: dict):
+        state_to_host(entry)
 
     # Per-parameter state: arrays of the parameter's shape, and an optional update count.
     _state_arrays: tuple = ()
@@ -188,6 +200,14 @@ class SGD(Optimizer):
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
+    _native = NativeOptimizer(
+        kind="sgd", state_arrays=("momentum_buffer",), counts_steps=False,
+        group_key=itemgetter("params", "lr", "momentum", "dampening", "nesterov", "weight_decay"),
+        needs_state=lambda g: g["momentum"] != 0,
+        hyper=lambda g: (g["lr"], g["momentum"], g["dampening"], g["nesterov"], g["weight_decay"]),
+        # as _update: the buffer is written whole by the first update, so it starts uninitialised
+        fresh_state=lambda p, g, zeros, empty: dict(momentum_buffer=empty(p)) if g["momentum"] != 0 else {})
+
     def _update(self, p, g, state):
         buf = None
         first = "momentum_buffer" not in state
@@ -219,6 +239,13 @@ class Adam(Optimizer):
         _check_hyper("beta parameter at index 1", betas[1], 0.0, 1.0, hi_open=True)
         _check_hyper("weight_decay value", g["weight_decay"])
 
+    _native = NativeOptimizer(
+        kind="adam", state_arrays=("exp_avg", "exp_avg_sq"), counts_steps=True,
+        group_key=itemgetter("params", "lr", "betas", "eps", "weight_decay"),
+        needs_state=lambda g: True,
+        hyper=lambda g: (g["lr"], g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]),
+        fresh_state=lambda p, g, zeros, empty: dict(step=0, exp_avg=zeros(p), exp_avg_sq=zeros(p)))
+
     def _update(self, p, g, state):
         if not state:
             state.update(step=0, exp_avg=np.zeros_like(p.data), exp_avg_sq=np.zeros_like(p.data))
@@ -233,6 +260,7 @@ class AdamW(Adam):
     """Adam with decoupled weight decay: param *= 1 - lr*weight_decay before the update (torch.optim.AdamW)."""
 
     _decoupled = True
+    _native = Adam._native._replace(kind="adamw")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

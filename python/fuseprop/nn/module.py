@@ -1,0 +1,230 @@
+"""Module: the base of every layer, shaped like torch.nn.Module (parameters and submodules registered
+by attribute assignment, train/eval modes, state dicts, devices), plus the protocol the rest of fuseprop
+talks to a model through:
+
+- ``forward`` / ``__call__`` and ``backward(grad_out)``: the gradient with respect to the input; parameter
+  gradients ACCUMULATE into ``param.grad`` (+=), as in PyTorch, until ``zero_grad()``;
+- ``_backward(grad_out, need_input_grad, done)``: the backward the training step calls (done(module) once
+  the module's parameter gradients are written; DataParallel starts all-reduces there);
+- ``native_layer()``: how the layer runs inside a native plan (fuseprop.engine.protocol), or None;
+- ``train_step`` (THE per-layer step, fuseprop.engine.step, unless a native plan takes the step), and
+  keras' ``fit`` / ``evaluate`` / ``predict`` (fuseprop.training).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import cuda
+from .. import training as _training
+from .._arrays import Parameter, generation, touch
+from ..engine.step import per_layer_step
+
+__all__ = ["Module"]
+
+
+class Module:
+    """Base class: owns parameters and submodules (registered by attribute assignment, as PyTorch)."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("call Module.__init__() before assigning attributes")
+        # Private plain attributes are bookkeeping (_saved, _tape), not structure.
+        if (not name.startswith("_") or isinstance(value, (Parameter, Module)) or name in self._parameters
+                or name in self._modules):
+            touch()
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            value.name = name
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            for sub, p in value.named_parameters():
+                p.name = f"{name}.{sub}"
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    # -- the computation
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def _backward(self, grad_out, need_input_grad: bool = True, done=None):
+        """backward as the training step calls it: need_input_grad False lets a layer skip the input's
+        gradient (the first layer's); done(self), if given, once this module's parameter gradients are written."""
+        grad = self.backward(grad_out)
+        if done is not None:
+            done(self)
+        return grad
+
+    def native_layer(self):
+        """This layer as a native plan runs it (a fuseprop.engine.NativeLayer), or None: it has no native form."""
+        return None
+
+    # -- the step: one native call where a plan takes it (Sequential), else layer by layer
+    train_plan = None  # the native plan train_step runs (Sequential), or None
+
+    def _fused_for(self, loss_fn, optimizer):
+        """The native plan step for this loss and optimizer, or None (layer by layer)."""
+        return None
+
+    def _fused_step(self, x, y, loss_fn, optimizer, max_grad_norm=None):
+        """train_step as one native call: its loss, or None when it runs layer by layer."""
+        return None
+
+    def _forget_tape(self):
+        """A native step ran: what the last per-layer forward recorded is stale (a container drops it)."""
+
+    def train_step(self, x, y, loss_fn, optimizer) -> float:
+        """One training step: zero the gradients, forward, loss, backward, optimizer update. Returns the loss.
+
+        Raises FloatingPointError, without touching the weights, when the loss or a gradient is not finite;
+        and, after the fact, when the update itself overflowed (weights overwritten).
+        """
+        loss = self._fused_step(x, y, loss_fn, optimizer)
+        if loss is not None:
+            return loss
+        return per_layer_step(self, np.asarray(x), y, loss_fn, optimizer)[0]
+
+    # -- parameters and modes
+    def named_parameters(self, prefix: str = ""):
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix, self
+        for name, m in self._modules.items():
+            yield from m.named_modules(prefix + name if not prefix else f"{prefix}.{name}")
+
+    def children(self):
+        return list(self._modules.values())
+
+    def zero_grad(self):
+        for p in self.parameters():
+            if p.device == "cuda":
+                p.grad.zero_()
+            else:
+                p.grad.fill(0)
+
+    def to(self, device):
+        """Move every parameter (data and grad) to ``device``: "cpu", or "cuda" / "cuda:0" (float32 models
+        only). Returns the module. As in PyTorch, create the optimizer after moving the model; an optimizer's
+        existing state moves to the GPU at its first step there. On the GPU the model trains with
+        ``train_step`` / ``fit`` (the whole step runs there) and runs ``forward`` / ``predict`` /
+        ``evaluate``; the per-layer ``backward`` is CPU-only."""
+        target = cuda.parse_device(device)
+        params = self.parameters()
+        if target == "cuda":
+            if not cuda.is_available():
+                raise RuntimeError(f"cannot move the model to {device!r}: {cuda.status()}")
+            wrong = sorted({str(p.dtype) for p in params if p.dtype != np.float32})
+            if wrong:
+                raise TypeError(f"the CUDA backend is float32 only; this model has {', '.join(wrong)} parameters: "
+                                "build it with dtype=np.float32")
+        for p in params:
+            p._move(target)
+        return self
+
+    def cuda(self):
+        return self.to("cuda")
+
+    def cpu(self):
+        return self.to("cpu")
+
+    @property
+    def device(self) -> str:
+        """Where the parameters live: "cpu" or "cuda" ("cpu" for a module without parameters)."""
+        # Cached until anything moves the model generation (a parameter, its arrays or a submodule replaced, or
+        # moved): walking every module costs microseconds, on every train_step.
+        cached = self.__dict__.get("_device_seen")
+        if cached is not None and cached[0] == generation():
+            return cached[1]
+        params = self.parameters()
+        device = params[0].device if params else "cpu"
+        object.__setattr__(self, "_device_seen", (generation(), device))
+        return device
+
+    def train(self, mode: bool = True):
+        for _, m in self.named_modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- the training loop (fuseprop.training): keras-shaped fit / evaluate / predict
+    def fit(self, x, y, **kwargs):
+        """Train on (x, y) for some epochs; returns a History. See fuseprop.training.fit."""
+        return _training.fit(self, x, y, **kwargs)
+
+    def evaluate(self, x, y, loss=None, batch_size: int = 256) -> dict:
+        """{"loss": ..., "accuracy": ... (CrossEntropyLoss)} in eval mode. See fuseprop.training.evaluate."""
+        return _training.evaluate(self, x, y, loss=loss, batch_size=batch_size)
+
+    def predict(self, x, batch_size: int = 256) -> np.ndarray:
+        """The model's outputs for x, in eval mode and in batches. See fuseprop.training.predict."""
+        return _training.predict(self, x, batch_size=batch_size)
+
+    # -- state
+    def state_dict(self) -> "OrderedDict[str, np.ndarray]":
+        """Copies of every parameter, keyed as PyTorch keys them ("0.weight", "0.bias", ...)."""
+        return OrderedDict((name, p.data.numpy() if p.device == "cuda" else p.data.copy())
+                           for name, p in self.named_parameters())
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Copy values into the parameters (in place). Every key, shape and dtype is checked before
+        anything is written, so a refused state dict changes nothing. Values may be NumPy arrays or
+        anything np.asarray accepts (a CPU torch tensor, for instance); floats convert to the
+        parameter's dtype."""
+        params = dict(self.named_parameters())
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict does not match the model: missing keys {missing}, unexpected keys {unexpected}")
+        staged = []
+        for name, p in params.items():
+            if name not in state_dict:
+                continue
+            value = np.asarray(state_dict[name])
+            if value.dtype.kind != "f":
+                raise TypeError(f"state_dict[{name!r}] must hold floats, got dtype {value.dtype}")
+            if value.shape != p.shape:
+                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the parameter has {p.shape}")
+            staged.append((p, value))
+        for p, value in staged:
+            if p.device == "cuda":
+                p.data.copy_(np.ascontiguousarray(value.astype(p.dtype, casting="same_kind")))
+            else:
+                np.copyto(p.data, value, casting="same_kind")
+        return {"missing_keys": missing, "unexpected_keys": unexpected}
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"({name}): " + repr(m).replace("\n", "\n  ") for name, m in self._modules.items()]
+        if not lines:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+def cpu_only(module, what: str):
+    if module.device == "cuda":
+        raise NotImplementedError(f"{type(module).__name__}.{what} runs on the CPU only; on CUDA the whole step runs in "
+                                  "train_step / fit (or move the model back with .to('cpu'))")

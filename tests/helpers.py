@@ -238,3 +238,13 @@ def negative_stride(arr):
     out = np.flip(np.flip(arr, 0).copy(), 0)
     assert out.strides[0] < 0
     return out
+
+
+def randn(rng, *shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def small_mlp(dtype=np.float32):
+    """3 -> 4 -> 2 with a ReLU, seeded: the model the bad-input tests refuse things to."""
+    fuseprop.manual_seed(0)
+    return relu_mlp(3, 4, 2, dtype=dtype)

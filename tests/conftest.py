@@ -5,9 +5,9 @@ import sys
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The worst parity error of each dtype in this run (tests/test_parity.py collects them), and how much
+    """The worst parity error of each dtype in this run (tests/ops/op_registry.py collects them), and how much
     of its tolerance it used: the figures the closing notes quote."""
-    worst = getattr(sys.modules.get("test_parity"), "WORST", None)
+    worst = getattr(sys.modules.get("op_registry"), "WORST", None)
     if not worst:
         return
     terminalreporter.section("parity: worst errors against the float64 reference")

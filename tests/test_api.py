@@ -10,9 +10,11 @@ import pytest
 import fuseprop
 from fuseprop import losses, nn, optim
 
+from helpers import relu_mlp
+
 
 def small_net(dtype=np.float32):
-    return nn.Sequential(nn.Linear(6, 5, dtype=dtype), nn.ReLU(), nn.Linear(5, 3, dtype=dtype))
+    return relu_mlp(6, 5, 3, dtype=dtype)
 
 
 def test_build_info_reports_the_build():

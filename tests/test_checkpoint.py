@@ -12,6 +12,8 @@ import fuseprop
 import fuseprop.checkpoint as checkpoint
 from fuseprop import losses, nn, optim
 
+from helpers import relu_mlp
+
 HAS_SAFETENSORS = importlib.util.find_spec("safetensors") is not None
 FORMATS = ["npz", pytest.param("safetensors", marks=pytest.mark.skipif(
     not HAS_SAFETENSORS, reason="safetensors is not installed"))]
@@ -23,7 +25,7 @@ OPTIMIZERS = {
 
 def net(seed, hidden=5, dtype=np.float32):
     fuseprop.manual_seed(seed)
-    return nn.Sequential(nn.Linear(6, hidden, dtype=dtype), nn.ReLU(), nn.Linear(hidden, 3, dtype=dtype))
+    return relu_mlp(6, hidden, 3, dtype=dtype)
 
 
 def train(model, opt, steps, seed):

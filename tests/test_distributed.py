@@ -13,12 +13,7 @@ import fuseprop
 from fuseprop import datasets, losses, nn, optim
 from fuseprop.distributed import DataParallel, DistributedError, LocalComm, run_local
 
-
-def blobs(n=300, features=20, classes=3, seed=0):
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, features)).astype(np.float32)
-    y = (x @ rng.normal(size=(features, classes))).argmax(1)
-    return x, y
+from helpers import blobs
 
 
 def mlp(seed=0, dtype=np.float32):

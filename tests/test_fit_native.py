@@ -17,6 +17,8 @@ from fuseprop import losses, nn, optim, training
 from fuseprop.engine import FusedStep
 from fuseprop.training import native_epochs
 
+from helpers import relu_mlp
+
 DTYPES = [pytest.param(np.float32, id="float32"), pytest.param(np.float64, id="float64")]
 N, FEATURES, CLASSES = 60, 12, 4
 
@@ -25,9 +27,8 @@ N, FEATURES, CLASSES = 60, 12, 4
 # models, data, and the two runs compared
 
 
-def relu_mlp(dtype):
-    return nn.Sequential(nn.Linear(FEATURES, 16, dtype=dtype), nn.ReLU(), nn.Linear(16, 16, dtype=dtype), nn.ReLU(),
-                         nn.Linear(16, CLASSES, dtype=dtype))
+def relu(dtype):
+    return relu_mlp(FEATURES, 16, 16, CLASSES, dtype=dtype)
 
 
 def every_activation(dtype):
@@ -43,7 +44,7 @@ def no_bias(dtype):
                          nn.Linear(8, CLASSES, **d))
 
 
-NETWORKS = {"relu": relu_mlp, "every-activation": every_activation, "no-bias": no_bias}
+NETWORKS = {"relu": relu, "every-activation": every_activation, "no-bias": no_bias}
 
 LOSSES = {
     "ce": lambda: losses.CrossEntropyLoss(),

@@ -9,6 +9,8 @@ import pytest
 import fuseprop
 from fuseprop import losses, nn, optim, reference, testing
 
+from helpers import every_activation, mlp_784_16_16_10, unfused
+
 ACTIVATION_MODULES = {nn.ReLU: "relu", nn.LeakyReLU: "leaky_relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh",
                       nn.Identity: "identity"}
 
@@ -51,25 +53,12 @@ def reference_loss_and_grads(model, x, labels, label_smoothing=0.0):
     return loss, grads
 
 
-def mlp_784_16_16_10(dtype=np.float32):
-    return nn.Sequential(nn.Linear(784, 16, dtype=dtype), nn.ReLU(), nn.Linear(16, 16, dtype=dtype), nn.ReLU(),
-                         nn.Linear(16, 10, dtype=dtype))
-
-
 def every_activation_net(dtype=np.float32):
-    d = dict(dtype=dtype)
-    return nn.Sequential(
-        nn.Linear(20, 16, **d), nn.ReLU(), nn.Linear(16, 16, **d), nn.LeakyReLU(0.2), nn.Linear(16, 16, **d),
-        nn.Sigmoid(), nn.Linear(16, 16, **d), nn.Tanh(), nn.Linear(16, 16, **d), nn.GELU(),
-        nn.Linear(16, 16, **d), nn.GELU(approximate="tanh"), nn.Linear(16, 16, bias=False, **d), nn.Identity(),
-        nn.Linear(16, 5, **d))
+    return every_activation(dtype, features=20)
 
 
 def unfused_net(dtype=np.float32):
-    # Nothing here fuses: an activation first, two Linear layers in a row, an activation after no Linear.
-    d = dict(dtype=dtype)
-    return nn.Sequential(nn.Tanh(), nn.Linear(12, 8, **d), nn.Linear(8, 8, bias=False, **d), nn.Sigmoid(),
-                         nn.Tanh(), nn.Linear(8, 4, **d))
+    return unfused(dtype, classes=4)
 
 
 NETWORKS = {"784-16-16-10": (mlp_784_16_16_10, 784, 10), "every-activation": (every_activation_net, 20, 5),

@@ -9,13 +9,7 @@ import pytest
 import fuseprop
 from fuseprop import augment, checkpoint, datasets, diagnostics, losses, nn, optim, training
 
-
-def blobs(n=1200, features=20, classes=3, seed=0):
-    """A linearly separable classification problem."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, features)).astype(np.float32)
-    y = (x @ rng.normal(size=(features, classes))).argmax(1)
-    return x, y
+from helpers import blobs
 
 
 def mlp(dtype=np.float32, dropout=0.0, features=20, classes=3, seed=0):

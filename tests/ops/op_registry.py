@@ -1,0 +1,345 @@
+"""The op registry: every native op, its float64 reference, and its runner on each device.
+
+An entry draws float64 inputs (make), says how to call the op through the functional API (run: the
+same call runs fuseprop.functional on the CPU and fuseprop.reference), and, where the op has a CUDA
+twin, how to call that (cuda: a _C.cuda_* entry, host arrays in and out). A new device twin of an op is
+tested by adding its runner here; tests/ops/test_ops.py runs every entry on every device it has.
+
+Tolerances are fuseprop.testing's: float64 ~1e-10; float32 rtol 1e-5 with atol 1e-6 sqrt(K) for a
+reduction of length K (k gives K for each output, or one K for all); a TF32 product gets the bound of
+tf32_atol instead. The worst errors seen are kept in WORST for the run's closing summary (conftest.py).
+"""
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pytest
+
+import fuseprop
+from fuseprop import _C, cuda, functional, reference, testing
+
+WORST: dict[str, dict] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# devices: the CPU at each instruction set this machine has, and the CUDA twins (FP32 and TF32 GEMMs)
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    kind: str  # "cpu" or "cuda"
+    dtype: type
+    level: str = ""  # the CPU's instruction set
+    tf32: bool = False  # the CUDA GEMMs round their inputs to TF32
+
+
+# float32 runs on every instruction set this machine has; float64 always uses the portable kernels.
+LEVELS = list(_C.cpu_levels_available())
+CPU_DEVICES = [Device(f"float32-{lv}", "cpu", np.float32, level=lv) for lv in LEVELS] + [
+    Device("float64-generic", "cpu", np.float64, level="generic")]
+CUDA_DEVICES = [Device("float32-cuda", "cuda", np.float32), Device("float32-cuda-tf32", "cuda", np.float32, tf32=True)]
+DEVICES = CPU_DEVICES + CUDA_DEVICES
+
+
+def tf32_atol(a, b, K):
+    """TF32 keeps 10 of float32's 23 mantissa bits: each input is rounded to nearest with unit roundoff
+    u = 2^-11, so each product a_ik b_kj carries a relative error of at most 2u = 2^-10 (about 1e-3),
+    and the float accumulation of K terms adds at most about K 2^-23 more. The sum of the errors is then
+    bounded by (2^-10 + K 2^-23) sum_k |a_ik b_kj|; the tolerance is that bound at its largest element."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    bound = np.abs(a) @ np.abs(b) if a.size and b.size else np.zeros(1)
+    return (2.0**-10 + K * 2.0**-23) * float(np.max(bound, initial=0.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass
+class Op:
+    name: str
+    make: Callable  # (rng, shape) -> args: float64 arrays, int arrays, python values
+    run: Callable  # (module, *args) -> outputs; module is fuseprop.functional or fuseprop.reference
+    shapes: list  # the shapes every CPU level runs
+    k: Callable = field(default=lambda shape: 1)  # reduction length behind each output: one int, or one per output
+    covers: str = ""  # the fuseprop.functional function it checks
+    cuda: Callable | None = None  # (tf32, *args) -> outputs of the _C.cuda_* twin: run's, or a prefix of them
+    cuda_shapes: list | None = None  # the shapes the CUDA twin runs (its kernels have other edges)
+    cuda_k: Callable | None = None  # the twin's reduction lengths, where they are not k's
+    tf32: Callable | None = None  # (args, shape) -> atol per output when the twin's GEMMs use TF32
+
+    def runs_on(self, device):
+        if device.kind == "cpu":
+            return True
+        return self.cuda is not None and (self.tf32 is not None or not device.tf32)
+
+    def shapes_on(self, device):
+        return self.shapes if device.kind == "cpu" else self.cuda_shapes
+
+
+def outputs(result):
+    return result if isinstance(result, tuple) else (result,)
+
+
+def normal(rng, *shape, scale=1.0):
+    return rng.normal(scale=scale, size=shape)
+
+
+ELEMENTWISE_SHAPES = [(1, 1), (7, 13), (0, 5), (2, 3, 5), (64, 257)]
+CUDA_ELEMENTWISE_SHAPES = [(1,), (0,), (7, 13), (3, 1000), (100003,)]
+ROW_SHAPES = [(1, 1), (7, 13), (0, 5), (4, 1000), (33, 10)]
+LINEAR_SHAPES = [(1, 1, 1), (7, 13, 5), (32, 784, 16), (0, 5, 3), (5, 3, 1), (130, 300, 97), (2, 40, 3100)]
+CUDA_LINEAR_SHAPES = [(1, 1, 1), (0, 5, 3), (7, 13, 5), (33, 130, 17), (130, 64, 129)]  # (B, IN, OUT)
+MATMUL_SHAPES = [(1, 1, 1), (7, 13, 5), (32, 16, 784), (16, 784, 32), (0, 5, 3), (5, 0, 3), (4, 6, 0),
+                 (97, 65, 300), (130, 40, 520), (3, 3100, 5)]  # 3100 > every level's nc
+CUDA_MATMUL_SHAPES = [(1, 1, 1), (1, 7, 3), (17, 33, 9), (130, 129, 31), (128, 128, 128), (255, 17, 300),
+                      (0, 5, 4), (5, 0, 4), (5, 4, 0)]  # (M, N, K)
+CROSS_ENTROPY_SHAPES = [(1, 1), (7, 13), (32, 10), (200, 3)]
+CUDA_CROSS_ENTROPY_SHAPES = [(1, 1), (1, 10), (7, 3), (33, 100), (64, 1000)]
+OPTIM_SHAPES = [(1,), (7, 13), (300,)]
+CUDA_OPTIM_SHAPES = [(1,), (0,), (7, 13), (100003,)]
+ACTS = [("identity", 0.01), ("relu", 0.01), ("leaky_relu", 0.01), ("leaky_relu", 0.3), ("sigmoid", 0.01),
+        ("tanh", 0.01), ("gelu", 0.01), ("gelu_tanh", 0.01)]
+
+
+def matmul_case(trans_a, trans_b, with_c, module_name="functional"):
+    def make(rng, shape):
+        m, n, k = shape
+        # scaled so outputs are O(1): the sqrt(K) in the tolerance is for the rounding of the sum
+        a = normal(rng, *((k, m) if trans_a else (m, k)), scale=max(k, 1) ** -0.5)
+        b = normal(rng, *((n, k) if trans_b else (k, n)))
+        return (a, b, normal(rng, m, n) if with_c else None)
+
+    def run(mod, a, b, c):
+        mm = _C.matmul_reference if (module_name == "C_reference" and mod is functional) else mod.matmul
+        if c is None:
+            return mm(a, b, trans_a, trans_b)
+        mm(a, b, trans_a, trans_b, c, 1.5, -0.5)
+        return c
+
+    def tf32(args, shape):
+        a, b, _ = args
+        return (tf32_atol(a.T if trans_a else a, b.T if trans_b else b, shape[2]),)
+
+    twin = module_name == "functional" and not with_c  # the CUDA GEMM entry has no c
+    tag = f"{'T' if trans_a else 'N'}{'T' if trans_b else 'N'}{'+c' if with_c else ''}"
+    return Op(f"matmul_{module_name}_{tag}", make, run, MATMUL_SHAPES, k=lambda s: s[2],
+              covers="matmul" if module_name == "functional" else "_C.matmul_reference",
+              cuda=(lambda tf, a, b, c: _C.cuda_matmul(a, b, trans_a, trans_b, tf)) if twin else None,
+              cuda_shapes=CUDA_MATMUL_SHAPES, tf32=tf32 if twin else None)
+
+
+def activation_case(act, slope):
+    return [
+        Op(f"activation_forward_{act}_{slope}", lambda rng, s: (normal(rng, *s, scale=2.0),),
+           lambda mod, x: mod.activation_forward(x, act, slope), ELEMENTWISE_SHAPES, covers="activation_forward",
+           cuda=lambda tf, x: _C.cuda_activation_forward(x, act, slope), cuda_shapes=CUDA_ELEMENTWISE_SHAPES),
+        Op(f"activation_backward_{act}_{slope}",
+           lambda rng, s: (normal(rng, *s), normal(rng, *s, scale=2.0), rng.uniform(-0.99, 0.99, size=s)),
+           lambda mod, dy, x, y: mod.activation_backward(dy, x, y, act, slope), ELEMENTWISE_SHAPES,
+           covers="activation_backward",
+           cuda=lambda tf, dy, x, y: _C.cuda_activation_backward(dy, x, y, act, slope),
+           cuda_shapes=CUDA_ELEMENTWISE_SHAPES),
+    ]
+
+
+def linear_cases(act, slope, bias):
+    def make_fwd(rng, s):
+        b, i, o = s
+        return normal(rng, b, i), normal(rng, o, i, scale=i ** -0.5), normal(rng, o) if bias else None
+
+    def make_bwd(rng, s):
+        b, i, o = s
+        x, w, bb = make_fwd(rng, s)
+        y, z = reference.linear_forward(x, w, bb, act, slope)
+        # grad_y scaled so grad_weight = dz^T x (a sum over the batch) is O(1), as the sqrt(K) tolerance assumes
+        return normal(rng, b, o, scale=max(b, 1) ** -0.5), x, w, z, y, normal(rng, o, i), normal(rng, o) if bias else None
+
+    def run_bwd(mod, dy, x, w, z, y, dw, db):
+        fresh = mod.linear_backward(dy, x, w, z, y, act, slope, has_bias=bias)
+        mod.linear_backward(dy, x, w, z, y, act, slope, has_bias=bias, grad_weight=dw, grad_bias=db)
+        return fresh + (dw, db)  # new gradients, then the accumulated ones
+
+    def tf32_fwd(args, s):
+        # z's error is the GEMM's (the bias add is exact enough); |act'| <= 1.13 (gelu), so y's is at most 1.2 times z's.
+        x, w, _ = args
+        atol = tf32_atol(x, w.T, s[1]) + 1e-6
+        return 1.2 * atol, atol  # (y, z)
+
+    tag = f"{act}_{slope}_{'bias' if bias else 'nobias'}"
+    return [
+        Op(f"linear_forward_{tag}", make_fwd, lambda mod, x, w, b: mod.linear_forward(x, w, b, act, slope),
+           LINEAR_SHAPES, k=lambda s: s[1], covers="linear_forward",
+           cuda=lambda tf, x, w, b: _C.cuda_linear_forward(x, w, b, act, slope, tf), cuda_shapes=CUDA_LINEAR_SHAPES,
+           tf32=tf32_fwd),
+        Op(f"linear_backward_{tag}", make_bwd, run_bwd, LINEAR_SHAPES, k=lambda s: max(s), covers="linear_backward",
+           cuda_k=lambda s: (s[2], s[0], s[0]),  # grad_x sums over OUT, grad_weight and grad_bias over the batch
+           cuda=lambda tf, dy, x, w, z, y, dw, db: _C.cuda_linear_backward(dy, x, w, z, y, act, slope, bias),
+           cuda_shapes=CUDA_LINEAR_SHAPES),  # the CUDA twin has no accumulating form: the fresh gradients only
+    ]
+
+
+def loss_cases():
+    cases = []
+    for smoothing, reduction in itertools.product([0.0, 0.1], ["mean", "sum"]):
+        cases.append(Op(
+            f"cross_entropy_{smoothing}_{reduction}",
+            lambda rng, s: (normal(rng, *s, scale=3.0), rng.integers(0, s[1], size=s[0])),
+            lambda mod, lg, lb, sm=smoothing, r=reduction: mod.cross_entropy_loss(lg, lb, sm, r),
+            CROSS_ENTROPY_SHAPES, k=lambda s: (s[0] * s[1], s[1]), covers="cross_entropy_loss",
+            cuda=lambda tf, lg, lb, sm=smoothing, r=reduction: _C.cuda_cross_entropy_loss(lg, lb, sm, r),
+            cuda_shapes=CUDA_CROSS_ENTROPY_SHAPES))
+    for reduction in ["mean", "sum"]:
+        cases.append(Op(f"mse_{reduction}", lambda rng, s: (normal(rng, *s), normal(rng, *s)),
+                        lambda mod, p, t, r=reduction: mod.mse_loss(p, t, r), [(1, 1), (7, 13), (3, 4, 5)],
+                        k=lambda s: int(np.prod(s)), covers="mse_loss"))
+        cases.append(Op(f"bce_with_logits_{reduction}",
+                        lambda rng, s: (normal(rng, *s, scale=4.0), rng.uniform(0, 1, size=s)),
+                        lambda mod, p, t, r=reduction: mod.bce_with_logits_loss(p, t, r), [(1, 1), (7, 13), (3, 4, 5)],
+                        k=lambda s: int(np.prod(s)), covers="bce_with_logits_loss"))
+    for smoothing in [0.0, 0.1]:  # an empty batch is defined for "sum" only
+        cases.append(Op(f"cross_entropy_empty_{smoothing}_sum",
+                        lambda rng, s: (normal(rng, *s), np.zeros(0, np.int64)),
+                        lambda mod, lg, lb, sm=smoothing: mod.cross_entropy_loss(lg, lb, sm, "sum"), [(0, 4)],
+                        covers="cross_entropy_loss",
+                        cuda=lambda tf, lg, lb, sm=smoothing: _C.cuda_cross_entropy_loss(lg, lb, sm, "sum"),
+                        cuda_shapes=[(0, 5)]))
+    return cases
+
+
+SGD_CONFIGS = [dict(lr=0.1), dict(lr=0.05, momentum=0.9), dict(lr=0.05, momentum=0.9, nesterov=True),
+               dict(lr=0.05, momentum=0.5, dampening=0.3, weight_decay=0.01),
+               dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), dict(lr=0.1, weight_decay=0.1)]
+ADAM_CONFIGS = [dict(), dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True),
+                dict(lr=0.003, beta1=0.5, beta2=0.9, eps=1e-6)]
+
+
+def optimizer_cases():
+    # Several steps: the state's first and later updates.
+    cases = []
+    for i, cfg in enumerate(SGD_CONFIGS):
+        def run(mod, p, grads, buf, cfg=cfg):
+            for step, g in enumerate(grads, start=1):
+                mod.sgd_step(p, g, buf, step=step, **cfg)
+            return p, buf
+
+        def run_cuda(tf, p, grads, buf, cfg=cfg):
+            for step, g in enumerate(grads, start=1):
+                _C.cuda_sgd_step(p, g, buf, step=step, **cfg)
+            return p, buf
+        cases.append(Op(f"sgd_step_{i}", lambda rng, s: (normal(rng, *s), [normal(rng, *s) for _ in range(4)],
+                                                         np.zeros(s)), run, OPTIM_SHAPES,
+                        covers="sgd_step", cuda=run_cuda, cuda_shapes=CUDA_OPTIM_SHAPES))
+    for i, cfg in enumerate(ADAM_CONFIGS):
+        def run(mod, p, grads, m, v, cfg=cfg):
+            for step, g in enumerate(grads, start=1):
+                mod.adam_step(p, g, m, v, step=step, **cfg)
+            return p, m, v
+
+        def run_cuda(tf, p, grads, m, v, cfg=cfg):
+            for step, g in enumerate(grads, start=1):
+                _C.cuda_adam_step(p, g, m, v, step=step, **cfg)
+            return p, m, v
+        cases.append(Op(f"adam_step_{i}", lambda rng, s: (normal(rng, *s), [normal(rng, *s) for _ in range(4)],
+                                                          np.zeros(s), np.zeros(s)), run, OPTIM_SHAPES,
+                        covers="adam_step", cuda=run_cuda, cuda_shapes=CUDA_OPTIM_SHAPES))
+    return cases
+
+
+REGISTRY: list[Op] = (
+    [matmul_case(ta, tb, c) for ta, tb, c in itertools.product([False, True], [False, True], [False, True])]
+    + [matmul_case(ta, tb, False, "C_reference") for ta, tb in itertools.product([False, True], repeat=2)]
+    + [op for act, slope in ACTS for op in activation_case(act, slope)]
+    + [Op("softmax_forward", lambda rng, s: (normal(rng, *s, scale=3.0),), lambda m, x: m.softmax_forward(x), ROW_SHAPES,
+          covers="softmax_forward"),
+       Op("softmax_backward", lambda rng, s: (normal(rng, *s), reference.softmax_forward(normal(rng, *s))),
+          lambda m, dy, y: m.softmax_backward(dy, y), ROW_SHAPES, k=lambda s: s[1], covers="softmax_backward"),
+       Op("log_softmax_forward", lambda rng, s: (normal(rng, *s, scale=3.0),), lambda m, x: m.log_softmax_forward(x),
+          ROW_SHAPES, k=lambda s: s[1], covers="log_softmax_forward"),
+       Op("log_softmax_backward", lambda rng, s: (normal(rng, *s), reference.log_softmax_forward(normal(rng, *s))),
+          lambda m, dy, y: m.log_softmax_backward(dy, y), ROW_SHAPES, k=lambda s: s[1], covers="log_softmax_backward")]
+    + [op for act, slope in ACTS for bias in (True, False) for op in linear_cases(act, slope, bias)]
+    + loss_cases()
+    + optimizer_cases()
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# one check for every op on every device
+
+
+def cast(value, dtype):
+    if isinstance(value, (list, tuple)):
+        return type(value)(cast(v, dtype) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype == np.float64:
+        return np.ascontiguousarray(value.astype(dtype))
+    return value
+
+
+def upcast(value):
+    if isinstance(value, (list, tuple)):
+        return type(value)(upcast(v) for v in value)
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return value.astype(np.float64)  # always a copy
+    return value
+
+
+def run_on(device, op, args):
+    if device.kind == "cpu":
+        return outputs(op.run(functional, *args))
+    return outputs(op.cuda(device.tf32, *args))
+
+
+def check_case(op, shape, device):
+    # A stable seed per case: hash() of a str changes from process to process (PYTHONHASHSEED).
+    rng = np.random.default_rng(zlib.crc32(f"{op.name}{shape}".encode()))
+    dtype = device.dtype
+    args = cast(op.make(rng, shape), dtype)  # values representable in dtype, so both sides see the same inputs
+    reference_args = upcast(args)  # copies, taken before in-place ops update args
+    tf32 = op.tf32(reference_args, shape) if device.tf32 else None
+    native = run_on(device, op, args)
+    expected = outputs(op.run(reference, *reference_args))
+    if device.kind == "cuda":
+        expected = expected[:len(native)]  # a twin may return a prefix of the outputs (no accumulating form)
+    assert native and len(native) == len(expected)
+    ks = (op.cuda_k or op.k)(shape) if device.kind == "cuda" else op.k(shape)
+    for i, (got, want) in enumerate(zip(native, expected)):
+        label = f"{op.name}{shape}[{i}]"
+        if want is None:
+            assert got is None, label
+            continue
+        if isinstance(want, float):
+            assert isinstance(got, float), label
+            got, want = np.array(got), np.array(want)
+        else:
+            assert isinstance(got, np.ndarray) and got.dtype == dtype, f"{label}: dtype {getattr(got, 'dtype', None)}"
+        if tf32 is not None:
+            errors = testing.assert_parity(got, want, rtol=1e-5, atol=tf32[i], name=f"tf32 {label}")
+        else:
+            k = ks[i] if isinstance(ks, tuple) else ks
+            errors = testing.assert_parity(got, want, dtype=dtype, reduction_length=k, name=label)
+        key = np.dtype(dtype).name if device.kind == "cpu" else device.name
+        worst = WORST.setdefault(key, {"max_abs_err": 0.0, "tolerance_used": 0.0, "where": ""})
+        if errors["tolerance_used"] > worst["tolerance_used"]:
+            worst.update(tolerance_used=errors["tolerance_used"], where=label)
+        worst["max_abs_err"] = max(worst["max_abs_err"], errors["max_abs_err"])
+
+
+def set_device(device):
+    """Selects the CPU level of device; returns a function that restores the default."""
+    if device.kind != "cpu":
+        return lambda: None
+    default = fuseprop.cpu_level()
+    fuseprop.set_cpu_level(device.level)
+    return lambda: fuseprop.set_cpu_level(default)
+
+
+def cuda_marks(device):
+    if device.kind != "cuda":
+        return []
+    return [pytest.mark.cuda, pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device")]

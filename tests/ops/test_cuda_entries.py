@@ -1,0 +1,95 @@
+"""The _C.cuda_* op entries beyond parity (which tests/ops/test_ops.py checks through the registry): a
+summed loss is deterministic on the device, and where the backend is compiled but no device is present,
+every entry checks its arguments first and then raises RuntimeError "no CUDA device: ...".
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fuseprop import _C, cuda
+
+needs_backend_without_gpu = pytest.mark.skipif(not cuda.is_compiled() or cuda.is_available(),
+                                               reason="needs the CUDA backend compiled and no device present")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device")
+def test_cross_entropy_total_is_deterministic():
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4099, 37)).astype(np.float32)
+    labels = rng.integers(0, 37, 4099).astype(np.int64)
+    totals = {_C.cuda_cross_entropy_loss(logits, labels, 0.1, "sum")[0] for _ in range(5)}
+    assert len(totals) == 1
+
+
+def valid_calls():
+    """Every cuda_* entry with valid float32 arguments: (name, function, args, kwargs)."""
+    a, x, w = np.ones((3, 4), np.float32), np.ones((2, 4), np.float32), np.ones((5, 4), np.float32)
+    z, labels, p = np.ones((2, 5), np.float32), np.zeros(2, np.int64), np.ones(6, np.float32)
+    return [
+        ("cuda_matmul", _C.cuda_matmul, (a, a, False, True, True), {}),
+        ("cuda_linear_forward", _C.cuda_linear_forward, (x, w, np.ones(5, np.float32), "gelu"), {}),
+        ("cuda_linear_backward", _C.cuda_linear_backward, (z, x, w, z, z, "relu"), {}),
+        ("cuda_activation_forward", _C.cuda_activation_forward, (a, "tanh"), {}),
+        ("cuda_activation_backward", _C.cuda_activation_backward, (a, a, a, "sigmoid"), {}),
+        ("cuda_cross_entropy_loss", _C.cuda_cross_entropy_loss, (z, labels, 0.1, "mean"), {}),
+        ("cuda_sgd_step", _C.cuda_sgd_step, (p, p.copy(), p.copy()), dict(lr=0.1, momentum=0.9)),
+        ("cuda_adam_step", _C.cuda_adam_step, (p, p.copy(), p.copy(), p.copy()), dict(step=1)),
+        ("cuda_matmul_time_ms", _C.cuda_matmul_time_ms, (64, 64, 64), {}),
+    ] if cuda.is_compiled() else []
+
+
+@needs_backend_without_gpu
+@pytest.mark.parametrize("name,fn,args,kwargs", valid_calls(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_entry_says_there_is_no_device(name, fn, args, kwargs):
+    with pytest.raises(RuntimeError, match="^no CUDA device: ") as info:
+        fn(*args, **kwargs)
+    assert str(info.value) == cuda.status()
+
+
+@needs_backend_without_gpu
+@pytest.mark.parametrize("name,fn,args,kwargs", valid_calls()[:-1], ids=lambda v: v if isinstance(v, str) else "")
+def test_float64_is_a_type_error_before_the_device_is_asked(name, fn, args, kwargs):
+    args = (args[0].astype(np.float64),) + args[1:]
+    with pytest.raises(TypeError, match="must have dtype float32"):
+        fn(*args, **kwargs)
+
+
+@needs_backend_without_gpu
+def test_a_list_is_a_type_error():
+    with pytest.raises(TypeError, match="x must be a numpy.ndarray"):
+        _C.cuda_activation_forward([1.0, 2.0], "relu")
+
+
+@needs_backend_without_gpu
+def test_mixed_dtypes_are_a_type_error():
+    with pytest.raises(TypeError, match="b must have the same dtype as a"):
+        _C.cuda_matmul(np.ones((2, 2), np.float32), np.ones((2, 2), np.float64))
+
+
+@needs_backend_without_gpu
+def test_bad_shapes_and_values_are_value_errors():
+    f = np.ones((3, 4), np.float32)
+    with pytest.raises(ValueError, match="inner dimensions differ"):
+        _C.cuda_matmul(f, f)
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        _C.cuda_matmul(f.T, f.T)
+    with pytest.raises(ValueError, match=r"weight must have shape \(out_features, 4\)"):
+        _C.cuda_linear_forward(f, np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        _C.cuda_activation_forward(f, "swish")
+    with pytest.raises(ValueError, match=r"grad_y must have shape \(3, 3\)"):
+        _C.cuda_linear_backward(f, f, np.ones((3, 4), np.float32), None, None)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 4\)"):
+        _C.cuda_cross_entropy_loss(f, np.array([0, 4, 1], np.int64))
+    with pytest.raises(ValueError, match="an empty batch has no mean loss"):
+        _C.cuda_cross_entropy_loss(np.ones((0, 4), np.float32), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="nesterov momentum requires"):
+        _C.cuda_sgd_step(f, f.copy(), lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="step must be >= 1"):
+        _C.cuda_adam_step(f, f.copy(), f.copy(), f.copy(), step=0)
+    with pytest.raises(ValueError, match="must not share memory"):
+        _C.cuda_adam_step(f, f, f.copy(), f.copy(), step=1)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        _C.cuda_matmul_time_ms(0, 64, 64)

@@ -1,6 +1,6 @@
 """Training on the GPU: model.to("cuda"), train_step, fit, predict, evaluate, DLPack with torch's CUDA
 tensors. The oracle is the same model in float64 on the CPU, whose step is itself checked against the
-NumPy reference (tests/test_train_step_native.py, tests/test_network.py). Everything here needs a GPU
+NumPy reference (tests/test_train_step_fused.py, tests/test_network.py). Everything here needs a GPU
 and skips without one; tests/test_cuda_dlpack.py covers what runs without one.
 
 GEMMs run in plain FP32 here (fuseprop.cuda.allow_tf32 = False), so float32 tolerances apply;
@@ -9,11 +9,13 @@ one test checks the TF32 default at a TF32 tolerance.
 from __future__ import annotations
 
 import copy
+import itertools
 
 import numpy as np
 import pytest
 
 from fuseprop import _C, cuda, losses, nn, optim
+from helpers import all_pairs
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not cuda.is_available(), reason="no CUDA device")]
 
@@ -62,11 +64,16 @@ LOSSES = {"ce": lambda: losses.CrossEntropyLoss(label_smoothing=0.1), "mse": los
           "bce": losses.BCEWithLogitsLoss}
 
 
-@pytest.mark.parametrize("sizes", [(784, 16, 16, 10), (33, 127, 1, 5), (64, 64, 64, 64, 64)])
-@pytest.mark.parametrize("loss", ["ce", "mse", "bce"])
-@pytest.mark.parametrize("opt", ["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("B", [1, 7, 300])
-@pytest.mark.parametrize("fused", [True, False])
+# Whether the fused MLP kernel takes the step depends on the sizes, the loss and the fused flag together:
+# those three are one factor (every combination kept); the optimizer and the batch size are independent
+# code, covered pairwise with it.
+STEP_CASES = [(*row["net"], row["opt"], row["B"]) for row in all_pairs({
+    "net": list(itertools.product([(784, 16, 16, 10), (33, 127, 1, 5), (64, 64, 64, 64, 64)], ["ce", "mse", "bce"],
+                                  [True, False])),
+    "opt": ["sgd", "adam", "adamw"], "B": [1, 7, 300]})]
+
+
+@pytest.mark.parametrize("sizes, loss, fused, opt, B", STEP_CASES)
 def test_train_steps_match_the_float64_cpu_model(sizes, loss, opt, B, fused):
     cuda.fused_mlp = fused
     rng = np.random.default_rng(B)

@@ -117,7 +117,7 @@ class Optimizer:
         checked = {}
         for k in self._state_arrays:
             v = entry[k]
-            if cuda.is_device_array(v):  # state the GPU step keeps (fuseprop._cuda_step)
+            if cuda.is_device_array(v):  # state the GPU step keeps (fuseprop.engine.cuda_plan)
                 if v.shape != p.shape or v.dtype != np.float32:
                     raise ValueError(f"state {k!r} of {where} must be a float32 array of shape {p.shape}, "
                                      f"got shape {v.shape} and dtype {v.dtype}")

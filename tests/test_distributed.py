@@ -2,7 +2,6 @@
 (LocalComm, via run_local). Sharding, the flat gradient buffer and its buckets, the broadcast, the
 averaging (against one process on the same global batches), faults and bad input. tests/test_mpi.py
 runs the same code under mpirun."""
-import os
 import threading
 import time
 

@@ -88,6 +88,33 @@ def test_default_format_is_npz_without_safetensors(tmp_path, monkeypatch):
     checkpoint.load_checkpoint(tmp_path / "ckpt", net(1))
 
 
+@pytest.mark.parametrize("name, magic", [("m.npz", b"PK\x03\x04"), pytest.param("m.safetensors", None, marks=pytest.mark.skipif(
+    not HAS_SAFETENSORS, reason="safetensors is not installed"))])
+def test_the_extension_picks_the_format(tmp_path, name, magic):
+    model = net(0)
+    checkpoint.save_checkpoint(tmp_path / name, model)
+    head = (tmp_path / name).read_bytes()[:8]
+    if magic is not None:
+        assert head[:4] == magic
+    else:  # safetensors: a little-endian u64 header length, then the JSON header
+        assert head[:4] != b"PK\x03\x04" and (tmp_path / name).read_bytes()[8:9] == b"{"
+    checkpoint.load_checkpoint(tmp_path / name, net(1))
+
+
+def test_safetensors_without_the_package_names_the_extra_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "_safetensors", lambda: None)
+    with pytest.raises(ImportError, match=r"pip install 'fuseprop\[checkpoint\]'"):
+        checkpoint.save_checkpoint(tmp_path / "m.safetensors", net(0))
+    assert list(tmp_path.iterdir()) == []  # before: an .npz archive under the .safetensors name
+
+
+@pytest.mark.parametrize("name, fmt", [("m.npz", "safetensors"), ("m.safetensors", "npz")])
+def test_a_format_the_extension_contradicts_is_refused(tmp_path, name, fmt):
+    with pytest.raises(ValueError, match=r"contradicts the file name"):
+        checkpoint.save_checkpoint(tmp_path / name, net(0), format=fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_npz_needs_no_pickle(tmp_path):
     model = net(0)
     opt = optim.Adam(model.parameters())

@@ -2,9 +2,9 @@
 
 Arrays are stored as named tensors ("model.0.weight", "optimizer.state.0.exp_avg", "extra.<key>"); the
 rest (optimizer hyper-parameters, step counts, extra values) goes into one JSON string in which every
-array is replaced by a reference to its tensor. The file is safetensors when the safetensors package
-is importable, else a .npz that np.load reads with allow_pickle=False. Saves are atomic; loads check
-everything before changing anything.
+array is replaced by a reference to its tensor. The file is safetensors (a .safetensors name, or any
+name other than .npz when the safetensors package is importable) or a .npz that np.load reads with
+allow_pickle=False. Saves are atomic; loads check everything before changing anything.
 """
 from __future__ import annotations
 
@@ -102,17 +102,26 @@ def default_format() -> str:
     return "safetensors" if _safetensors() else "npz"
 
 
+_EXTENSIONS = {".safetensors": "safetensors", ".npz": "npz"}
+
+
 def save_checkpoint(path, model, optimizer=None, extra=None, format: str | None = None) -> None:
     """Save model's parameters, optimizer's state_dict() and extra (JSON values, tuples and NumPy arrays,
-    nested in dicts and lists) to path, atomically. format is "safetensors" or "npz"; None picks
-    safetensors when it is installed (pip install fuseprop[checkpoint]), else npz."""
+    nested in dicts and lists) to path, atomically. format is "safetensors" or "npz"; None takes it from
+    path's extension (.safetensors or .npz), and for any other name picks safetensors when it is
+    installed (pip install 'fuseprop[checkpoint]'), else npz. A format the extension contradicts is refused."""
     path = os.fspath(path)
-    if format is None:
-        format = default_format()
-    if format not in ("safetensors", "npz"):
+    if format is not None and format not in ("safetensors", "npz"):
         raise ValueError(f"format must be 'safetensors', 'npz' or None, got {format!r}")
+    named = _EXTENSIONS.get(os.path.splitext(path)[1].lower())
+    if format is None:
+        format = named or default_format()
+    elif named is not None and named != format:
+        raise ValueError(f"format={format!r} contradicts the file name {os.path.basename(path)!r} (a {named} "
+                         "extension): a reader would take one for the other")
     if format == "safetensors" and not _safetensors():
-        raise ImportError("format='safetensors' needs the safetensors package: pip install fuseprop[checkpoint]")
+        raise ImportError(f"writing {os.path.basename(path)!r} as safetensors needs the safetensors package: "
+                          "pip install 'fuseprop[checkpoint]' (or save to a .npz name)")
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     saved_opt = None if optimizer is None else {
         "type": type(optimizer).__name__, "state_dict": _encode(optimizer.state_dict(), "optimizer", tensors)}

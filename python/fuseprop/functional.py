@@ -107,3 +107,167 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
     """PyTorch's Adam (or, decoupled, AdamW) update, in place; step counts from 1 and includes this update."""
     _C.adam_step(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                  weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay)
+
+
+# -- torch.nn.functional's names, with PyTorch's arguments and defaults, on NumPy arrays ------------------
+#
+# Forward only (NumPy has no autograd; the explicit *_forward / *_backward functions above are the
+# differentiable form). Unlike the strict functions above they take any float32 or float64 ndarray (a
+# strided view is copied into a contiguous one) and return new arrays; losses return a NumPy scalar of
+# the input's dtype (as torch returns a 0-d tensor), or per-element losses for reduction="none".
+
+def _floats(a, name):
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got dtype {a.dtype}")
+    return np.require(a, None, ["C_CONTIGUOUS", "ALIGNED"])
+
+
+def _like(a, b, name, like):
+    b = _floats(b, name)
+    if b.dtype != a.dtype:
+        raise TypeError(f"{name} must have {like}'s dtype {a.dtype}, got {b.dtype}")
+    return b
+
+
+def _elementwise(input, activation, negative_slope=0.01, inplace=False):
+    x = _floats(input, "input")
+    y = _C.activation_forward(x, activation, negative_slope)
+    if not inplace:
+        return y
+    if x is not input or not input.flags.writeable:
+        raise ValueError("inplace=True needs input to be a writeable, C-contiguous array (the result is written into it)")
+    np.copyto(input, y)
+    return input
+
+
+def relu(input, inplace=False):
+    """max(input, 0) elementwise (torch.nn.functional.relu)."""
+    return _elementwise(input, "relu", inplace=inplace)
+
+
+def leaky_relu(input, negative_slope=0.01, inplace=False):
+    """input where positive, negative_slope * input elsewhere (torch.nn.functional.leaky_relu)."""
+    return _elementwise(input, "leaky_relu", float(negative_slope), inplace)
+
+
+def sigmoid(input):
+    """1 / (1 + exp(-input)) elementwise (torch.sigmoid)."""
+    return _elementwise(input, "sigmoid")
+
+
+def tanh(input):
+    """tanh(input) elementwise (torch.tanh)."""
+    return _elementwise(input, "tanh")
+
+
+def gelu(input, approximate="none"):
+    """GELU, exact (approximate="none") or with the tanh approximation (torch.nn.functional.gelu)."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _elementwise(input, "gelu" if approximate == "none" else "gelu_tanh")
+
+
+def _over_dim(kernel, input, dim, dtype, name):
+    x = _floats(input, "input")
+    if dtype is not None:
+        if np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {np.dtype(dtype)}")
+        x = x.astype(dtype)
+    if dim is None:
+        if x.ndim > 2:  # torch's implicit choice there (dim 0 for 3-D) surprises: ask for it
+            raise ValueError(f"{name} of a {x.ndim}-D input needs dim")
+        dim = -1
+    if x.ndim == 0:
+        raise ValueError(f"{name} needs an input of at least 1 dimension, got shape {x.shape}")
+    if not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim must be in [{-x.ndim}, {x.ndim - 1}] for input of shape {x.shape}, got {dim}")
+    moved = np.ascontiguousarray(np.moveaxis(x, dim, -1))  # the kernels work over the last axis of rows
+    out = kernel(moved.reshape(-1, moved.shape[-1]) if moved.size else moved.reshape(0, moved.shape[-1]))
+    return np.moveaxis(out.reshape(moved.shape), -1, dim)
+
+
+def softmax(input, dim=None, dtype=None):
+    """exp(input) / sum(exp(input)) along dim (torch.nn.functional.softmax; dim None: the last axis of a
+    1-D or 2-D input). dtype: compute in that dtype (input is cast first)."""
+    return _over_dim(_C.softmax_forward, input, dim, dtype, "softmax")
+
+
+def log_softmax(input, dim=None, dtype=None):
+    """input - logsumexp(input) along dim (torch.nn.functional.log_softmax; defaults as softmax)."""
+    return _over_dim(_C.log_softmax_forward, input, dim, dtype, "log_softmax")
+
+
+def linear(input, weight, bias=None):
+    """input @ weight.T + bias: input (*, in_features), weight (out_features, in_features), bias
+    (out_features,) or None (torch.nn.functional.linear)."""
+    x = _floats(input, "input")
+    w = _like(x, weight, "weight", "input")
+    b = None if bias is None else _like(x, bias, "bias", "input")
+    if x.ndim == 0:
+        raise ValueError("input must have at least 1 dimension (its last is in_features), got a 0-d array")
+    if w.ndim != 2 or w.shape[1] != x.shape[-1]:
+        raise ValueError(f"weight must have shape (out_features, {x.shape[-1]}) for input of shape {x.shape}, "
+                         f"got {w.shape}")
+    y, _ = _C.linear_forward(x.reshape(-1, x.shape[-1]), w, b, "identity", 0.01)
+    return y.reshape(*x.shape[:-1], w.shape[0])
+
+
+def _reduction(reduction):
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Softmax cross-entropy of logits input (N, C) against class indices target (N,)
+    (torch.nn.functional.cross_entropy). Samples whose target is ignore_index are left out (their loss
+    is 0 with reduction="none"); "mean" averages over the others. Class weights are not supported."""
+    if weight is not None:
+        raise NotImplementedError("cross_entropy: class weights (weight=) are not supported")
+    _reduction(reduction)
+    logits = _floats(input, "input")
+    labels = as_labels(np.asarray(target), "target")
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"cross_entropy takes input (N, C) and target (N,), got {logits.shape} and {labels.shape}")
+    keep = labels != ignore_index
+    if reduction != "none":
+        kept = keep.all()
+        loss, _ = _C.cross_entropy_loss(logits if kept else np.ascontiguousarray(logits[keep]),
+                                        labels if kept else np.ascontiguousarray(labels[keep]),
+                                        label_smoothing, reduction)
+        return logits.dtype.type(loss if keep.any() or reduction == "sum" else np.nan)  # torch: mean of nothing
+    logp = _C.log_softmax_forward(logits)
+    rows = np.arange(len(labels))[keep]
+    out = np.zeros(len(labels), logits.dtype)
+    picked = -logp[rows, labels[keep]]
+    out[keep] = (1 - label_smoothing) * picked - label_smoothing * logp[keep].mean(axis=1)
+    return out
+
+
+def mse_loss(input, target, reduction="mean"):
+    """Squared error of input against target of the same shape (torch.nn.functional.mse_loss)."""
+    _reduction(reduction)
+    pred = _floats(input, "input")
+    t = _like(pred, target, "target", "input")
+    if t.shape != pred.shape:
+        raise ValueError(f"target must have input's shape {pred.shape}, got {t.shape}")
+    if reduction == "none":
+        return (pred - t) ** 2
+    return pred.dtype.type(_C.mse_loss(pred, t, reduction)[0])
+
+
+def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+    """Binary cross-entropy of logits input against targets in [0, 1] of the same shape, with the sigmoid
+    folded in stably (torch.nn.functional.binary_cross_entropy_with_logits). weight and pos_weight are
+    not supported."""
+    if weight is not None or pos_weight is not None:
+        raise NotImplementedError("binary_cross_entropy_with_logits: weight= and pos_weight= are not supported")
+    _reduction(reduction)
+    z = _floats(input, "input")
+    t = _like(z, target, "target", "input")
+    if t.shape != z.shape:
+        raise ValueError(f"target must have input's shape {z.shape}, got {t.shape}")
+    if reduction == "none":
+        return np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+    return z.dtype.type(_C.bce_with_logits_loss(z, t, reduction)[0])

@@ -61,9 +61,26 @@ def test_loss_pred_must_be_a_float_array(loss_name, pred, got):
 
 @pytest.mark.parametrize("target", [np.array([0.0, 2.0, 1.0, 2.0]), np.array([0, 2, 1, 2], np.float32)],
                          ids=["float64", "float32"])
-def test_cross_entropy_loss_float_target_is_an_error(target):
-    with pytest.raises(TypeError, match=r"^labels must be integer class indices, got dtype float"):
+def test_cross_entropy_loss_takes_labels_stored_as_whole_floats(target):
+    lf, li = losses.CrossEntropyLoss(), losses.CrossEntropyLoss()
+    assert lf(_LOGITS, target) == li(_LOGITS, target.astype(np.int64))
+    np.testing.assert_array_equal(lf.backward(), li.backward())
+
+
+@pytest.mark.parametrize("target, where", [
+    pytest.param(np.array([0.0, 1.7, 1.0, 2.0]), r"labels\[1\] = np.float64\(1.7\)", id="fraction"),
+    pytest.param(np.array([0.0, 1.0, np.nan, 2.0], np.float32), r"labels\[2\] = np.float32\(nan\)", id="nan"),
+    pytest.param(np.array([np.inf, 1.0, 1.0, 2.0]), r"labels\[0\] = np.float64\(inf\)", id="inf"),
+])
+def test_cross_entropy_loss_float_labels_that_are_not_whole_are_refused(target, where):
+    # Before: fit truncated 1.7 to class 1 in silence.
+    with pytest.raises(ValueError, match=rf"^labels must be class indices \(whole numbers\), got {where} in a "):
         losses.CrossEntropyLoss()(_LOGITS, target)
+
+
+def test_cross_entropy_loss_bool_labels_are_a_type_error():
+    with pytest.raises(TypeError, match=r"^labels must be integer class indices, got dtype bool"):
+        losses.CrossEntropyLoss()(_LOGITS, np.array([True, False, True, False]))
 
 
 @pytest.mark.parametrize("target", [

@@ -50,7 +50,7 @@ _OPS = {
                                        z=randn(r, 4, 2), y=randn(r, 4, 2), grad_weight=randn(r, 2, 3),
                                        grad_bias=randn(r, 2), activation="relu")),
     "cross_entropy_loss": (F.cross_entropy_loss, lambda r: dict(logits=randn(r, 4, 3), labels=np.array([0, 2, 1, 2]))),
-    "mse_loss": (F.mse_loss, lambda r: dict(pred=randn(r, 4, 3), target=randn(r, 4, 3))),
+    "mse_loss": (F.mse_loss_with_grad, lambda r: dict(pred=randn(r, 4, 3), target=randn(r, 4, 3))),
     "bce_with_logits_loss": (F.bce_with_logits_loss,
                              lambda r: dict(logits=randn(r, 4, 3), target=r.uniform(size=(4, 3)).astype(np.float32))),
     "sgd_step": (F.sgd_step,
@@ -267,7 +267,7 @@ def test_cross_entropy_rejects_zero_classes():
     pytest.param(F.cross_entropy_loss, (np.zeros((0, 3), np.float32), np.zeros(0, np.int64)),
                  r"cross_entropy_loss: an empty batch has no mean loss \(logits has shape \(0, 3\)\)",
                  id="cross_entropy"),
-    pytest.param(F.mse_loss, (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)),
+    pytest.param(F.mse_loss_with_grad, (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)),
                  r"mse_loss: an empty batch has no mean loss \(pred has shape \(0, 3\)\)", id="mse"),
     pytest.param(F.bce_with_logits_loss, (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)),
                  r"bce_with_logits_loss: an empty batch has no mean loss \(logits has shape", id="bce"),
@@ -279,7 +279,7 @@ def test_mean_loss_of_an_empty_batch_is_an_error(fn, args, message):
 
 @pytest.mark.parametrize("fn, args", [
     pytest.param(F.cross_entropy_loss, (np.zeros((0, 3), np.float32), np.zeros(0, np.int64)), id="cross_entropy"),
-    pytest.param(F.mse_loss, (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)), id="mse"),
+    pytest.param(F.mse_loss_with_grad, (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)), id="mse"),
     pytest.param(F.bce_with_logits_loss, (np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)), id="bce"),
 ])
 def test_summed_loss_of_an_empty_batch_is_zero_with_an_empty_gradient(fn, args):
@@ -303,7 +303,7 @@ def test_unknown_activation_is_an_error(fn, args):
 
 @pytest.mark.parametrize("fn, args", [
     pytest.param(F.cross_entropy_loss, (_LOGITS, np.array([0, 1, 2, 0])), id="cross_entropy"),
-    pytest.param(F.mse_loss, (_LOGITS, _LOGITS), id="mse"),
+    pytest.param(F.mse_loss_with_grad, (_LOGITS, _LOGITS), id="mse"),
     pytest.param(F.bce_with_logits_loss, (_LOGITS, _LOGITS), id="bce"),
 ])
 @pytest.mark.parametrize("reduction", ["avg", "none", "MEAN"])
@@ -613,6 +613,6 @@ def test_cross_entropy_with_a_masked_minus_inf_class_stays_finite():
 
 def test_mse_with_nan_gives_nan_loss():
     pred = np.array([[1.0, np.nan]], np.float32)
-    loss, grad = F.mse_loss(pred, np.zeros((1, 2), np.float32))
+    loss, grad = F.mse_loss_with_grad(pred, np.zeros((1, 2), np.float32))
     assert math.isnan(loss)
     assert np.isnan(grad[0, 1]) and grad[0, 0] == 1.0

@@ -458,7 +458,7 @@ def test_a_label_out_of_range_raises_at_the_same_batch(monkeypatch, native_runs)
 
     out = compare(monkeypatch, native_runs, make, expect_native=False, shuffle=False)
     assert out["error"] == (ValueError, f"labels must be in [0, {CLASSES}) for logits with {CLASSES} classes; "
-                                        "labels[2] is 4")
+                                        "labels[2] is 4 [fit: x has shape (60, 12), y (60,), batch_size 8]")
 
 
 def test_inputs_the_step_refuses_raise_as_before(monkeypatch, native_runs):

@@ -129,7 +129,8 @@ def bad_target_cases():
         "label-negative": ("ce", np.array([0, 1, -1, 3, 4, 0, 0]), ValueError),
         "labels-too-few": ("ce", np.array([0, 1, 2]), ValueError),
         "labels-2d": ("ce", np.zeros((7, 1), np.int64), ValueError),
-        "labels-float": ("ce", np.zeros(7), TypeError),
+        "labels-fractional-float": ("ce", np.full(7, 0.5), ValueError),  # whole floats are labels; 0.5 is not
+        "labels-bool": ("ce", np.zeros(7, bool), TypeError),
         "labels-huge-unsigned": ("ce", np.full(7, 2 ** 64 - 1, np.uint64), ValueError),
         "target-wrong-shape": ("mse", np.zeros((7, 4)), ValueError),
         "target-flat": ("bce", np.zeros(35), ValueError),

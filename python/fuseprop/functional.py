@@ -1,6 +1,8 @@
 """The native ops as plain functions on NumPy arrays, forward and backward.
 
-Same names and signatures as :mod:`fuseprop.reference` (see OPS_SPEC.md in the source tree).
+Same names and signatures as :mod:`fuseprop.reference` (see OPS_SPEC.md in the source tree), but for
+``mse_loss_with_grad`` (the reference's ``mse_loss``): ``mse_loss`` here is torch.nn.functional's, one of
+the PyTorch-named functions at the end of this module.
 These functions are strict, like the kernels under them: floating-point arrays must be float32 or
 float64 (one dtype per call), C-contiguous and aligned; arrays updated in place (``c``,
 ``grad_weight``, ``grad_bias``, optimizer state) must also be writeable and must not overlap the
@@ -85,8 +87,9 @@ def cross_entropy_loss(logits, labels, label_smoothing=0.0, reduction="mean"):
     return _C.cross_entropy_loss(logits, as_labels(labels), label_smoothing, reduction)
 
 
-def mse_loss(pred, target, reduction="mean"):
-    """(loss, grad_pred) of the squared error, averaged over all elements for "mean"."""
+def mse_loss_with_grad(pred, target, reduction="mean"):
+    """(loss, grad_pred) of the squared error, averaged over all elements for "mean". (fuseprop.reference
+    calls it mse_loss; here that name is torch's, below, which returns the loss alone.)"""
     return _C.mse_loss(pred, target, reduction)
 
 
@@ -110,6 +113,9 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
 
 
 # -- torch.nn.functional's names, with PyTorch's arguments and defaults, on NumPy arrays ------------------
+
+TORCH_NAMES = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax", "linear", "cross_entropy",
+               "mse_loss", "binary_cross_entropy_with_logits")
 #
 # Forward only (NumPy has no autograd; the explicit *_forward / *_backward functions above are the
 # differentiable form). Unlike the strict functions above they take any float32 or float64 ndarray (a

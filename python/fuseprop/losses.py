@@ -2,7 +2,9 @@
 ``loss_fn.backward()`` the gradient with respect to pred, both from ONE native pass.
 
 pred must be a float32 or float64 array (a model's output); targets are converted explicitly into
-a new array of pred's dtype; CrossEntropyLoss takes integer class labels of any integer dtype.
+a new array of pred's dtype, and a (N,) target for a (N, 1) prediction (one output: regression, or a
+binary classifier on logits) is taken as (N, 1). CrossEntropyLoss takes class labels of any integer
+dtype, or floats that are whole numbers (any other float is refused, never truncated).
 """
 from __future__ import annotations
 
@@ -12,12 +14,27 @@ from . import functional as F
 from ._arrays import as_input
 from ._tape import tie_gradient
 
-__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "default_for"]
+__all__ = ["CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "default_for", "as_class_labels"]
 
 
 def default_for(y):
     """The loss fit and evaluate use when given none: CrossEntropyLoss for integer targets, else MSELoss."""
     return CrossEntropyLoss() if np.asarray(y).dtype.kind in "iu" else MSELoss()
+
+
+def as_class_labels(labels, name: str = "labels") -> np.ndarray:
+    """Class labels as int64: integers of any dtype, or floats that are whole numbers (labels stored as
+    floats); a float with a fraction, NaN or infinity raises ValueError naming it instead of being truncated."""
+    arr = np.asarray(labels)
+    if arr.dtype.kind == "f":
+        whole = np.isfinite(arr) & (arr == np.round(arr))
+        if not whole.all():
+            at = tuple(int(i) for i in np.argwhere(~whole)[0])
+            where = f"{name}[{', '.join(map(str, at))}]" if at else name
+            raise ValueError(f"{name} must be class indices (whole numbers), got {where} = {arr[at]!r} "
+                             f"in a {arr.dtype} array of shape {arr.shape}")
+        arr = arr.astype(np.int64)
+    return F.as_labels(arr, name)
 
 
 class _Loss:
@@ -37,6 +54,18 @@ class _Loss:
 
     def _compute(self, pred, target):
         raise NotImplementedError
+
+    def _hits(self, pred, target):
+        """(right, judged) for the accuracy fit and evaluate report: (0, 0) where a loss has none."""
+        return 0, 0
+
+    def _target(self, target, dtype, shape) -> np.ndarray:
+        """target as this loss takes it, for predictions of dtype and shape (the native plans convert
+        through it too, so a target means the same on every path)."""
+        t = as_input(target, dtype, "target")
+        if t.ndim == 1 and len(shape) == 2 and shape[1] == 1 and t.shape[0] == shape[0]:
+            t = t.reshape(-1, 1)  # one output: (N,) as (N, 1)
+        return t
 
     _native_kind = None  # the native plans' name of this loss, set by the class that defines it
 
@@ -84,12 +113,19 @@ class CrossEntropyLoss(_Loss):
         self.label_smoothing = float(label_smoothing)
 
     def __call__(self, logits, labels) -> float:
-        """labels: integer class indices (B,) in [0, C), of any integer dtype."""
+        """labels: class indices (B,) in [0, C), of any integer dtype (or floats that are whole numbers)."""
         return super().__call__(logits, labels)
 
     def _compute(self, logits, labels):
-        return F.cross_entropy_loss(self._pred(logits, "logits"), F.as_labels(np.asarray(labels), "labels"),
+        return F.cross_entropy_loss(self._pred(logits, "logits"), as_class_labels(labels, "labels"),
                                     self.label_smoothing, self.reduction)
+
+    def _target(self, target, dtype, shape):
+        return as_class_labels(target, "labels")
+
+    def _hits(self, logits, labels):
+        """Samples whose largest logit is the label's."""
+        return int((logits.argmax(1) == np.asarray(labels)).sum()), len(logits)
 
 
 class MSELoss(_Loss):
@@ -99,7 +135,7 @@ class MSELoss(_Loss):
 
     def _compute(self, pred, target):
         pred = self._pred(pred, "pred")
-        return F.mse_loss(pred, as_input(target, pred.dtype, "target"), self.reduction)
+        return F.mse_loss_with_grad(pred, self._target(target, pred.dtype, pred.shape), self.reduction)
 
 
 class BCEWithLogitsLoss(_Loss):
@@ -109,4 +145,10 @@ class BCEWithLogitsLoss(_Loss):
 
     def _compute(self, pred, target):
         logits = self._pred(pred, "logits")
-        return F.bce_with_logits_loss(logits, as_input(target, logits.dtype, "target"), self.reduction)
+        return F.bce_with_logits_loss(logits, self._target(target, logits.dtype, logits.shape), self.reduction)
+
+    def _hits(self, logits, target):
+        """Elements whose logit's sign gives the target (logit > 0 for a target >= 0.5), as keras' binary
+        accuracy; multi-label outputs count each label."""
+        target = np.asarray(target).reshape(logits.shape)
+        return int(((logits > 0) == (target >= 0.5)).sum()), logits.size

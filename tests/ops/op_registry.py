@@ -196,8 +196,10 @@ def loss_cases():
             cuda_shapes=CUDA_CROSS_ENTROPY_SHAPES))
     for reduction in ["mean", "sum"]:
         cases.append(Op(f"mse_{reduction}", lambda rng, s: (normal(rng, *s), normal(rng, *s)),
-                        lambda mod, p, t, r=reduction: mod.mse_loss(p, t, r), [(1, 1), (7, 13), (3, 4, 5)],
-                        k=lambda s: int(np.prod(s)), covers="mse_loss"))
+                        # functional.mse_loss is torch's (the loss alone): the op is mse_loss_with_grad there
+                        lambda mod, p, t, r=reduction: (mod.mse_loss_with_grad if mod is functional else mod.mse_loss)(
+                            p, t, r), [(1, 1), (7, 13), (3, 4, 5)],
+                        k=lambda s: int(np.prod(s)), covers="mse_loss_with_grad"))
         cases.append(Op(f"bce_with_logits_{reduction}",
                         lambda rng, s: (normal(rng, *s, scale=4.0), rng.uniform(0, 1, size=s)),
                         lambda mod, p, t, r=reduction: mod.bce_with_logits_loss(p, t, r), [(1, 1), (7, 13), (3, 4, 5)],

@@ -18,7 +18,7 @@ __all__ = ["DataParallel", "resolve", "DEFAULT_BUCKET_BYTES"]
 
 DEFAULT_BUCKET_BYTES = 256 * 1024
 _ALIGN = 64  # bytes: every gradient view starts on its own cache line
-_EXTRAS = 3  # [sample count, loss sum, correct] ahead of the gradients, in the first bucket
+_EXTRAS = 4  # [sample count, loss sum, right, judged] ahead of the gradients, in the first bucket
 
 
 class DataParallel:
@@ -100,7 +100,7 @@ class DataParallel:
 
     @property
     def grad_buffer(self) -> np.ndarray:
-        """The flat buffer every param.grad is a view into (first the count, loss and correct of the last step)."""
+        """The flat buffer every param.grad is a view into (first the count, loss, right and judged predictions of the last step)."""
         return self._flat
 
     @property
@@ -192,11 +192,11 @@ class DataParallel:
         batch's loss (every rank returns the same). Every rank must call it, with its own part (an empty
         part is allowed as long as some rank has samples). ``last_correct`` / ``last_count``: the global
         batch's correct predictions (CrossEntropyLoss) and samples."""
-        value, self.last_correct, self.last_count = self._step(x, y, loss_fn, optimizer)
+        value, self.last_correct, _, self.last_count = self._step(x, y, loss_fn, optimizer)
         return value
 
     def _step(self, x, y, loss_fn, optimizer, l1=0.0, l2=0.0, clip_norm=None, clip_value=None, record=None):
-        """(global loss with penalties, global correct, global count); fit calls it with its extras. The
+        """(global loss with penalties, global right, judged and sample count); fit calls it with its extras. The
         step is the engine's per-layer step, with the all-reduce added through its hooks (_AllReduce)."""
         start = time.perf_counter()
         x = np.asarray(x)
@@ -217,7 +217,7 @@ class DataParallel:
         self.stats["steps"] += 1
         self.stats["step_seconds"] += time.perf_counter() - start
         self.stats["comm_seconds"] += self._comm_seconds
-        return value, hooks.correct, hooks.count
+        return value, hooks.right, hooks.judged, hooks.count
 
     # -- the model's face
     def __call__(self, x):
@@ -248,7 +248,9 @@ class DataParallel:
         total, correct, count = self.allreduce(sums)
         result = {"loss": total / count if loss_fn.reduction == "mean" else total}
         if isinstance(loss_fn, losses.CrossEntropyLoss):
-            result["accuracy"] = round(correct) / count
+            result["accuracy"] = round(correct) / count  # whole samples: the sum is an integer
+        elif isinstance(loss_fn, losses.BCEWithLogitsLoss):
+            result["accuracy"] = correct / count
         return result
 
     def __repr__(self):
@@ -282,7 +284,7 @@ class _AllReduce(StepHooks):
 
     With a "mean" loss each rank's gradient is scaled by its sample count n_r before the sum and the sum
     divided by the global count afterwards: sum_r n_r * mean_r / sum_r n_r is the mean over the global
-    batch, also for unequal or empty parts. The count, the loss and the correct predictions travel in the
+    batch, also for unequal or empty parts. The count, the loss and the right and judged predictions travel in the
     first bucket (written before the backward starts it), so the loss the step checks and returns is the
     global batch's."""
 
@@ -292,27 +294,27 @@ class _AllReduce(StepHooks):
     def __init__(self, ddp, loss_fn, record):
         self.ddp, self.record = ddp, record
         self.mean = loss_fn.reduction == "mean"
-        self.is_ce = isinstance(loss_fn, losses.CrossEntropyLoss)
+        self.loss_fn = loss_fn
         self.module_done = ddp._ready  # starts each bucket's all-reduce as soon as its gradients are written
-        self.correct = self.count = 0
+        self.right = self.judged = self.count = 0
 
     def output_gradient(self, grad, out, y, loss):
         n = len(out)
-        correct = int((out.argmax(1) == np.asarray(y)).sum()) if self.is_ce else 0
-        self.ddp._extras[:] = (n, loss * n if self.mean else loss, correct)
+        right, judged = self.loss_fn._hits(out, self.loss_fn._target(y, out.dtype, out.shape))
+        self.ddp._extras[:] = (n, loss * n if self.mean else loss, right, judged)
         return grad * grad.dtype.type(n) if self.mean else grad
 
     def gradients_ready(self, loss):
         ddp = self.ddp
         ddp._start(all_buckets=True)
         ddp._comm_seconds += ddp._wait(ddp._requests, f"the all-reduce of the gradients (step {ddp.stats['steps'] + 1})")
-        count, value, correct = (float(v) for v in ddp._extras)
+        count, value, right, judged = (float(v) for v in ddp._extras)
         if count == 0:
             raise ValueError("every rank's part of the batch is empty")
         if self.mean:
             np.divide(ddp._grads, ddp._grads.dtype.type(count), out=ddp._grads)
             value /= count
-        self.correct, self.count = int(round(correct)), int(round(count))
+        self.right, self.judged, self.count = int(round(right)), int(round(judged)), int(round(count))
         return value
 
     def gradients_final(self):

@@ -19,7 +19,6 @@ import numpy as np
 
 from .. import _C
 from .._arrays import as_input, generation
-from ..functional import as_labels
 from .plan_step import PlanStep
 from .protocol import plan_layers
 
@@ -67,9 +66,9 @@ class FusedStep(PlanStep):
             x = as_input(x, dtype, "x", ndim=2, features=self._in_features)
         if self._loss_kind == "cross_entropy":
             if not (type(y) is np.ndarray and y.dtype is _INT64 and y.flags.carray):
-                y = as_labels(np.asarray(y), "labels")
-        elif not (type(y) is np.ndarray and y.dtype is dtype and y.flags.carray):
-            y = as_input(y, dtype, "target")
+                y = loss_fn._target(y, dtype, (len(x), self._out_features))
+        elif not (type(y) is np.ndarray and y.dtype is dtype and y.flags.carray and y.ndim == 2):
+            y = loss_fn._target(y, dtype, (len(x), self._out_features))  # the loss's own conversion
 
         steps = self._step_counts()
         loss_fn._grad = loss_fn._grad_from = None

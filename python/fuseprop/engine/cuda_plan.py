@@ -15,7 +15,6 @@ import numpy as np
 
 from .. import _C, cuda
 from .._arrays import as_input, generation
-from ..functional import as_labels
 from .plan_step import PlanStep
 from .protocol import plan_layers
 
@@ -50,10 +49,10 @@ class CudaStep(PlanStep):
             opt._validate(g)  # schedules may have changed a hyper-parameter: check it as optimizer.step() would
 
         x = _input(x, "x", ndim=2, features=self._in_features)
-        if self._loss_kind == "cross_entropy":
-            y = cuda.asarray(y, np.int64) if _on_device(y) else as_labels(np.asarray(y), "labels")
-        else:
-            y = _input(y, "target")
+        if _on_device(y):
+            y = cuda.asarray(y, np.int64 if self._loss_kind == "cross_entropy" else _F32)
+        else:  # the loss's own conversion, as on the CPU
+            y = self.loss_fn._target(y, _F32, (x.shape[0], self._out_features))
         steps = self._step_counts()
         hyper = [form.hyper(g) for g in opt.param_groups]
         loss_fn = self.loss_fn
@@ -75,7 +74,7 @@ class CudaStep(PlanStep):
                                      groups=len(self.optimizer.param_groups), tf32=bool(cuda.allow_tf32),
                                      fused=bool(cuda.fused_mlp))
         self.why_not = None
-        self._in_features = chain[0].in_features
+        self._in_features, self._out_features = chain[0].in_features, chain[-1].out_features
         self._track_state()
 
     def _adopt_state(self, p, entry, name):

@@ -45,6 +45,11 @@ class PlanStep:
         self._entries, self._steps = None, []
 
     @property
+    def outputs_judged(self) -> int:
+        """Per sample, the outputs plan.correct judges: 1 for cross-entropy (the argmax), else 0 (none)."""
+        return 1 if self._loss_kind == "cross_entropy" else 0
+
+    @property
     def fusable(self) -> bool:
         """The loss and the optimizer have a native form (the model is looked at per step)."""
         return self._loss_kind is not None and self._opt_kind is not None

@@ -23,15 +23,38 @@ __all__ = ["fit", "evaluate", "predict"]
 
 
 def _prepare(model, x, y, loss_fn):
-    """x in the model's dtype (one conversion up front, not one per batch); labels as int64."""
+    """x in the model's dtype (one conversion up front, not one per batch); class labels as int64 (whole
+    floats too: never truncated), other targets in the model's dtype."""
     dtype = next(iter(model.parameters())).dtype
     x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError(f"x must hold samples along its first axis, got a 0-d array")
     if x.dtype != dtype:
         x = as_input(x, dtype, "x")
-    y = np.ascontiguousarray(y, dtype=np.int64 if isinstance(loss_fn, losses.CrossEntropyLoss) else dtype)
-    if len(x) != len(y):
-        raise ValueError(f"x and y must have the same number of samples, got {len(x)} and {len(y)}")
+    y = losses.as_class_labels(y, "y") if _is_ce(loss_fn) else as_input(y, dtype, "y")
+    if y.ndim < 1 or len(x) != len(y):
+        raise ValueError(f"x and y must have the same number of samples, got x of shape {x.shape} and y of shape "
+                         f"{y.shape}")
     return x, y
+
+
+def _is_ce(loss_fn) -> bool:
+    return isinstance(loss_fn, losses.CrossEntropyLoss)
+
+
+def _reraise_naming(error, what: str, chosen=None):
+    """A ValueError or TypeError from inside a batch, raised again with the user's arrays named (and, when
+    fit or evaluate chose the loss, which one and why)."""
+    if type(error) not in (ValueError, TypeError) or getattr(error, "_names_arrays", False):
+        raise error
+    note = f" [{what}]"
+    if chosen is not None:
+        note += (f" [the loss is {type(chosen).__name__}, which was chosen because y holds "
+                 f"{'integers' if _is_ce(chosen) else 'floats'}: pass loss= to choose another, e.g. "
+                 f"{'MSELoss()' if _is_ce(chosen) else 'CrossEntropyLoss() for class labels stored as floats'}]")
+    named = type(error)(f"{error}{note}")
+    named._names_arrays = True  # an outer call (fit around evaluate) adds nothing more
+    raise named from error
 
 
 class _RecordNorms(StepHooks):
@@ -122,7 +145,9 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         x, y, validation_data = x[:cut], y[:cut], (x[cut:], y[cut:])
     elif validation_data is not None:
         validation_data = _prepare(model, *validation_data, loss_fn)  # converted once, not every epoch
-    is_ce = isinstance(loss_fn, losses.CrossEntropyLoss)
+    # Accuracy: samples whose argmax is the label (CrossEntropyLoss), or elements whose logit's sign gives
+    # the target (BCEWithLogitsLoss); "judged" counts them. The native plans count it in the step.
+    scored = isinstance(loss_fn, (losses.CrossEntropyLoss, losses.BCEWithLogitsLoss))
     per_layer = bool(l1 or l2 or clip_grad_value is not None or clip_grad_norm == 0)  # native 0 means no clipping
     on_cuda = model.device == "cuda"
     if on_cuda and (per_layer or grad_norm_history):
@@ -164,10 +189,11 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 cb.on_epoch_begin(epoch)
             bar = _progress_bar(verbose, steps, f"epoch {epoch + 1}/{epochs}")
             start = time.perf_counter()
-            total = correct = seen = first = 0
+            total = correct = judged = seen = first = 0
             if native is not None:  # the batches it leaves (none, unless it cannot start) run one by one below
                 order = rng.permutation(n) if shuffle else None  # as datasets.batches draws it
                 first, total, correct, seen = native.epoch(order, callbacks, bar)
+                judged = seen * native.outputs_judged if scored else 0
                 fused_steps += first
                 batches = datasets._iterate(x, y, order, batch_size, native.stop, None, first)
             else:
@@ -177,15 +203,16 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 if augment is not None and len(xb):
                     xb = augment(xb)
                 if ddp is not None:  # the global batch's loss, correct predictions and size
-                    value, right, m = ddp._step(xb, yb, loss_fn, optimizer, l1, l2, clip_grad_norm, clip_grad_value,
-                                                record if layers else None)
+                    value, right, judge, m = ddp._step(xb, yb, loss_fn, optimizer, l1, l2, clip_grad_norm,
+                                                       clip_grad_value, record if layers else None)
                 else:
                     value = None
                     if not per_layer:
                         value = model._fused_step(xb, yb, loss_fn, optimizer, clip_grad_norm)
                     if value is not None:
                         fused_steps += 1
-                        right = model.train_plan.correct if is_ce else 0
+                        right = model.train_plan.correct if scored else 0
+                        judge = len(yb) * model._fused_for(loss_fn, optimizer).outputs_judged if scored else 0
                         if layers:
                             record()
                     else:
@@ -194,19 +221,18 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                                                       "can")
                         value, out = per_layer_step(model, xb, yb, loss_fn, optimizer, l1=l1, l2=l2,
                                                     clip_norm=clip_grad_norm, clip_value=clip_grad_value, hooks=hooks)
-                        right = int((out.argmax(1) == yb).sum()) if is_ce else 0
+                        right, judge = loss_fn._hits(out, yb)
                     m = len(yb)
                 total += value * (m if loss_fn.reduction == "mean" else 1)
-                correct += right
-                seen += m
+                correct, judged, seen = correct + right, judged + judge, seen + m
                 for cb in callbacks:
                     cb.on_batch_end(b)
                 if bar is not None:
                     bar.update(1)
             train_seconds = time.perf_counter() - start
             logs = {"loss": total / seen if loss_fn.reduction == "mean" else total}
-            if is_ce:
-                logs["accuracy"] = correct / seen
+            if scored and judged:
+                logs["accuracy"] = correct / judged
             if validation_data is not None:
                 kw = dict(loss=loss_fn, batch_size=max(batch_size, 256))
                 val = evaluate(model, *validation_data, **kw) if ddp is None else ddp.evaluate(*validation_data, **kw)
@@ -227,6 +253,9 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
                 cb.on_epoch_end(epoch, logs)
             if any(cb.stop_training for cb in callbacks):
                 break
+    except (ValueError, TypeError) as e:
+        _reraise_naming(e, f"fit: x has shape {x.shape}, y {y.shape}, batch_size {batch_size}",
+                        None if loss is not None else loss_fn)
     finally:
         model.train(was_training)
     for cb in callbacks:
@@ -249,13 +278,19 @@ def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard
 
 
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
-    """The model's outputs for x, in eval mode, batch_size samples at a time (no gradients are computed)."""
+    """The model's outputs for x, in eval mode, batch_size samples at a time (no gradients are computed).
+    An empty x gives an empty result of the output's shape."""
     was_training = model.training
     model.eval()
+    x = np.asarray(x)
+    if x.ndim < 1:
+        raise ValueError("x must hold samples along its first axis, got a 0-d array")
     try:
-        x = np.asarray(x)
         with no_grad():  # the last recorded forward's tape stays for its backward
-            return np.concatenate([cuda.to_host(model(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+            outs = [cuda.to_host(model(x[i:i + batch_size])) for i in range(0, max(len(x), 1), batch_size)]
+            return outs[0] if len(outs) == 1 else np.concatenate(outs)
+    except (ValueError, TypeError) as e:
+        _reraise_naming(e, f"predict: x has shape {x.shape}, taken {batch_size} rows at a time")
     finally:
         model.train(was_training)
 
@@ -266,19 +301,24 @@ def evaluate(model, x, y, loss=None, batch_size: int = 256) -> dict:
     # A copy of the loss: the caller's keeps the gradient of its own last call for backward().
     loss_fn = copy.copy(loss) if loss is not None else losses.default_for(y)
     x, y = _prepare(model, x, y, loss_fn)
+    if len(x) == 0:
+        raise ValueError(f"evaluate needs at least one sample, got x of shape {x.shape}")
     was_training = model.training
     model.eval()
-    total = correct = 0
+    total = right = judged = 0
     try:
         with no_grad():  # the last recorded forward's tape stays for its backward
             for i in range(0, len(x), batch_size):
                 out, yb = cuda.to_host(model(x[i:i + batch_size])), y[i:i + batch_size]
                 total += loss_fn(out, yb) * (len(yb) if loss_fn.reduction == "mean" else 1)
-                if isinstance(loss_fn, losses.CrossEntropyLoss):
-                    correct += int((out.argmax(1) == yb).sum())
+                r, j = loss_fn._hits(out, yb)
+                right, judged = right + r, judged + j
+    except (ValueError, TypeError) as e:
+        _reraise_naming(e, f"evaluate: x has shape {x.shape}, y {y.shape}, taken {batch_size} rows at a time",
+                        None if loss is not None else loss_fn)
     finally:
         model.train(was_training)
     result = {"loss": total / len(x) if loss_fn.reduction == "mean" else total}
-    if isinstance(loss_fn, losses.CrossEntropyLoss):
-        result["accuracy"] = correct / len(x)
+    if judged:
+        result["accuracy"] = right / judged
     return result

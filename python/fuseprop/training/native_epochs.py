@@ -76,6 +76,12 @@ class NativeEpochs:
             self.run = max(1, min(self.run * 8, _MAX_RUN, int(_RUN_SECONDS * count / max(elapsed, 1e-9))))
         return b, total, correct, seen
 
+    @property
+    def outputs_judged(self) -> int:
+        """Per sample, the outputs the native count of right predictions judges (see PlanStep)."""
+        fused = self.model._fused_for(self.loss_fn, self.optimizer)
+        return fused.outputs_judged if fused is not None else 0
+
     def _data_fits(self, fused) -> bool:
         """x and y as the fused step takes them (else the per-batch loop raises as it does today); the
         arrays, made C-contiguous once, in self._data."""
@@ -85,6 +91,8 @@ class NativeEpochs:
         if fused._loss_kind == "cross_entropy":
             if y.dtype != np.int64 or y.ndim != 1 or y.min() < 0 or y.max() >= fused._out_features:
                 return False
+        elif y.ndim == 1 and fused._out_features == 1 and y.dtype == dtype:
+            y = y.reshape(-1, 1)  # one output: (N,) targets as (N, 1), as the loss takes them
         elif y.dtype != dtype or y.ndim != 2 or y.shape[1] != fused._out_features:
             return False
         if self._data is None:

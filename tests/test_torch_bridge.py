@@ -155,6 +155,15 @@ def test_state_dicts_trade_both_ways(dtype):
     assert list(ft.state_dict_to_torch(model)) == list(model.state_dict())  # a model works too
 
 
+def test_a_bfloat16_tensor_is_refused_naming_the_key():
+    model = small_mlp()
+    snap = params_snapshot(model)
+    theirs = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in model.state_dict().items()}
+    with pytest.raises(TypeError, match=r"^state_dict\['0\.weight'\] has dtype torch.bfloat16, the parameter has dtype float32"):
+        model.load_state_dict(theirs)
+    assert_params_unchanged(model, snap)
+
+
 def test_a_float64_torch_state_dict_is_refused_by_a_float32_model_and_changes_nothing():
     model = small_mlp()
     snap = params_snapshot(model)
@@ -194,8 +203,10 @@ def test_torch_module_forward_is_the_models(dtype):
     np.testing.assert_array_equal(wrapper(strided).detach().numpy(), want)
 
 
-def test_torch_module_gradcheck_in_float64_for_the_input_and_every_weight():
-    wrapper = ft.TorchModule(deterministic())
+@pytest.mark.parametrize("make", [deterministic, lambda: nn.Linear(6, 3, dtype=np.float64), nn.LogSoftmax],
+                         ids=["every-layer", "linear", "parameterless"])
+def test_torch_module_gradcheck_in_float64_for_the_input_and_every_weight(make):
+    wrapper = ft.TorchModule(make())
     x = torch.from_numpy(inputs(np.float64, n=3)).requires_grad_()
     params = tuple(wrapper.parameters())
     assert torch.autograd.gradcheck(lambda x, *p: wrapper(x), (x,) + params, eps=1e-6, atol=1e-7, rtol=1e-5)

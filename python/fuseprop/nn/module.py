@@ -226,7 +226,11 @@ class Module:
 def _state_value(name: str, value, p) -> np.ndarray:
     """state_dict[name] as a NumPy array of p's dtype and shape, or the reason it is refused."""
     if not isinstance(value, np.ndarray) and callable(getattr(value, "detach", None)) and hasattr(value, "numpy"):
-        value = value.detach().cpu().numpy()  # a torch tensor: its values, whatever its device or requires_grad
+        try:  # a torch tensor: its values, whatever its device or requires_grad
+            value = value.detach().cpu().numpy()
+        except TypeError:  # a dtype NumPy has no twin for (bfloat16)
+            raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, the parameter has dtype {p.dtype}: "
+                            "load_state_dict does not cast (convert it first)") from None
     if isinstance(value, (list, tuple, int, float)) and not isinstance(value, bool):
         # No dtype to disagree with: the numbers, in the parameter's dtype.
         arr = np.asarray(value)

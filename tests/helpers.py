@@ -67,6 +67,19 @@ def every_activation(dtype=np.float32, features=12):
         nn.Linear(16, 5, **d))
 
 
+def every_layer(dtype=np.float32, features=6, seed=0):
+    """features -> 4 through every layer type fuseprop has (a nested Sequential, Dropout, Softmax and
+    LogSoftmax too): the model the PyTorch and ONNX bridges are checked on."""
+    fuseprop.manual_seed(seed)
+    d = dict(dtype=dtype)
+    return nn.Sequential(
+        nn.Linear(features, 8, **d), nn.ReLU(), nn.Dropout(0.25),
+        nn.Sequential(nn.Linear(8, 8, **d), nn.LeakyReLU(0.2), nn.Linear(8, 8, bias=False, **d), nn.Sigmoid()),
+        nn.Linear(8, 8, **d), nn.Tanh(), nn.Linear(8, 8, **d), nn.GELU(), nn.Linear(8, 8, **d),
+        nn.GELU(approximate="tanh"), nn.Identity(), nn.Linear(8, 8, **d), nn.Softmax(dim=1), nn.Linear(8, 4, **d),
+        nn.LogSoftmax(dim=-1))
+
+
 def no_bias(dtype=np.float32):
     d = dict(dtype=dtype, bias=False)
     return nn.Sequential(nn.Linear(12, 10, **d), nn.Tanh(), nn.Linear(10, 8, **d), nn.LeakyReLU(0.05),

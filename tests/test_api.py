@@ -87,13 +87,23 @@ def test_state_dict_is_a_copy_and_round_trips():
     np.testing.assert_array_equal(a(x), b(x))
 
 
-def test_load_state_dict_writes_in_place_and_accepts_float64():
+def test_load_state_dict_writes_in_place():
     model = small_net()
     weight = model[0].weight.data
-    sd = {k: v.astype(np.float64) + 1 for k, v in model.state_dict().items()}
+    sd = {k: v + 1 for k, v in model.state_dict().items()}
     model.load_state_dict(sd)
     assert model[0].weight.data is weight and weight.dtype == np.float32
-    np.testing.assert_allclose(weight, sd["0.weight"], rtol=1e-6)
+    np.testing.assert_array_equal(weight, sd["0.weight"])
+
+
+def test_load_state_dict_takes_python_lists_in_the_parameters_dtype():
+    # Lists carry no dtype to disagree with: their numbers convert to the parameter's dtype.
+    model = small_net()
+    sd = {k: (v + 1).tolist() for k, v in model.state_dict().items()}
+    model.load_state_dict(sd)
+    for name, p in model.named_parameters():
+        assert p.dtype == np.float32
+        np.testing.assert_array_equal(p.data, np.asarray(sd[name], np.float32))
 
 
 def test_load_state_dict_non_strict_reports_missing_and_unexpected():

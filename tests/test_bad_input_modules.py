@@ -238,13 +238,45 @@ def test_load_state_dict_wrong_shape_changes_no_parameter(key):
     assert_params_unchanged(model, snap)
 
 
-@pytest.mark.parametrize("dtype", [np.int64, np.bool_, np.complex64, object])
-def test_load_state_dict_non_float_values_change_no_parameter(dtype):
+@pytest.mark.parametrize("dtype", [np.float64, np.float16, np.int64, np.bool_, np.complex64, object])
+def test_load_state_dict_another_dtype_changes_no_parameter(dtype):
+    # Refused, not cast: the message names the key, the dtype given and the parameter's.
     model = small_mlp()
     snap = params_snapshot(model)
     state = _shifted_state(model)
     state["2.bias"] = state["2.bias"].astype(dtype)
-    with pytest.raises(TypeError, match=r"^state_dict\['2\.bias'\] must hold floats, got dtype"):
+    want = rf"^state_dict\['2\.bias'\] has dtype {np.dtype(dtype)}, the parameter has dtype float32: load_state_dict does not cast"
+    with pytest.raises(TypeError, match=want):
+        model.load_state_dict(state)
+    assert_params_unchanged(model, snap)
+
+
+def test_load_state_dict_float32_values_into_a_float64_model_change_no_parameter():
+    model = small_mlp(np.float64)
+    snap = params_snapshot(model)
+    state = {k: v.astype(np.float32) for k, v in _shifted_state(model).items()}
+    with pytest.raises(TypeError, match=r"^state_dict\['0\.weight'\] has dtype float32, the parameter has dtype float64"):
+        model.load_state_dict(state)
+    assert_params_unchanged(model, snap)
+
+
+@pytest.mark.parametrize("bad", [[[True, False]], [["a", "b"]]], ids=["bools", "strings"])
+def test_load_state_dict_list_of_non_numbers_changes_no_parameter(bad):
+    model = small_mlp()
+    snap = params_snapshot(model)
+    state = _shifted_state(model)
+    state["2.bias"] = bad
+    with pytest.raises(TypeError, match=r"^state_dict\['2\.bias'\] must hold real numbers"):
+        model.load_state_dict(state)
+    assert_params_unchanged(model, snap)
+
+
+def test_load_state_dict_list_too_large_for_float32_changes_no_parameter():
+    model = small_mlp()
+    snap = params_snapshot(model)
+    state = _shifted_state(model)
+    state["2.bias"] = [1e300] * len(state["2.bias"])
+    with pytest.raises(ValueError, match=r"^state_dict\['2\.bias'\] holds values too large for the parameter's dtype float32"):
         model.load_state_dict(state)
     assert_params_unchanged(model, snap)
 
@@ -273,8 +305,8 @@ def test_load_state_dict_writes_into_the_existing_arrays():
     # In place: the optimizer's references to p.data stay valid after a load.
     model = small_mlp()
     arrays = [p.data for p in model.parameters()]
-    state = {k: v.astype(np.float64) for k, v in _shifted_state(model).items()}
+    state = _shifted_state(model)
     model.load_state_dict(state)
     for p, a, (k, v) in zip(model.parameters(), arrays, state.items()):
         assert p.data is a and p.data.dtype == np.float32
-        np.testing.assert_array_equal(p.data, v.astype(np.float32))
+        np.testing.assert_array_equal(p.data, v)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import threading
 import weakref
 
-__all__ = ["no_grad", "recording", "record_forward", "tie_gradient", "check_tape", "CONSUMED"]
+__all__ = ["no_grad", "enable_grad", "recording", "record_forward", "last_forward", "tie_gradient", "check_tape",
+           "CONSUMED"]
 
 _state = threading.local()
 CONSUMED = "consumed"  # a tape whose backward has run
@@ -39,6 +40,16 @@ class no_grad:
     def __exit__(self, *exc):
         _state.recording = self._previous
         return False
+
+
+class enable_grad(no_grad):
+    """``with enable_grad(): ...`` records forwards even inside no_grad (as torch.enable_grad): a caller
+    that will run the backward itself (fuseprop.torch) needs the tape whatever the caller's mode."""
+
+    def __enter__(self):
+        self._previous = recording()
+        _state.recording = True
+        return self
 
 
 def _remember(table, obj, value):
@@ -65,6 +76,11 @@ def record_forward(module, output):
         object.__setattr__(module, "_forward_number", number)
     _remember(_OUTPUTS, output, (weakref.ref(module), number))
     return number
+
+
+def last_forward(module):
+    """The number of module's last recorded forward (None when it numbers none)."""
+    return module.__dict__.get("_forward_number")
 
 
 def tie_gradient(gradient, output):

@@ -189,9 +189,14 @@ class Module:
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy values into the parameters (in place). Every key, shape and dtype is checked before
-        anything is written, so a refused state dict changes nothing. Values may be NumPy arrays or
-        anything np.asarray accepts (a CPU torch tensor, for instance); floats convert to the
-        parameter's dtype."""
+        anything is written, so a refused state dict changes nothing.
+
+        Values may be NumPy arrays or torch tensors (any device, with or without ``requires_grad``: so
+        ``dict(torch_model.named_parameters())`` loads too). A value that carries a dtype must have the
+        parameter's dtype exactly: a float64 value for a float32 parameter, or an integer array, raises
+        TypeError naming the key and both dtypes instead of being cast (cast it yourself, knowing what
+        it loses). Plain Python lists and numbers carry no dtype: they convert to the parameter's, and
+        one too large for it raises ValueError."""
         params = dict(self.named_parameters())
         missing = [k for k in params if k not in state_dict]
         unexpected = [k for k in state_dict if k not in params]
@@ -199,19 +204,13 @@ class Module:
             raise KeyError(f"state_dict does not match the model: missing keys {missing}, unexpected keys {unexpected}")
         staged = []
         for name, p in params.items():
-            if name not in state_dict:
-                continue
-            value = np.asarray(state_dict[name])
-            if value.dtype.kind != "f":
-                raise TypeError(f"state_dict[{name!r}] must hold floats, got dtype {value.dtype}")
-            if value.shape != p.shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the parameter has {p.shape}")
-            staged.append((p, value))
+            if name in state_dict:
+                staged.append((p, _state_value(name, state_dict[name], p)))
         for p, value in staged:
             if p.device == "cuda":
-                p.data.copy_(np.ascontiguousarray(value.astype(p.dtype, casting="same_kind")))
+                p.data.copy_(np.ascontiguousarray(value))
             else:
-                np.copyto(p.data, value, casting="same_kind")
+                np.copyto(p.data, value)
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
     def extra_repr(self) -> str:
@@ -222,6 +221,33 @@ class Module:
         if not lines:
             return f"{type(self).__name__}({self.extra_repr()})"
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _state_value(name: str, value, p) -> np.ndarray:
+    """state_dict[name] as a NumPy array of p's dtype and shape, or the reason it is refused."""
+    if not isinstance(value, np.ndarray) and callable(getattr(value, "detach", None)) and hasattr(value, "numpy"):
+        try:  # a torch tensor: its values, whatever its device or requires_grad
+            value = value.detach().cpu().numpy()
+        except TypeError:  # a dtype NumPy has no twin for (bfloat16)
+            raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, the parameter has dtype {p.dtype}: "
+                            "load_state_dict does not cast (convert it first)") from None
+    if isinstance(value, (list, tuple, int, float)) and not isinstance(value, bool):
+        # No dtype to disagree with: the numbers, in the parameter's dtype.
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(f"state_dict[{name!r}] must hold real numbers, got {arr.dtype} values")
+        with np.errstate(over="ignore"):
+            converted = arr.astype(p.dtype)
+        if np.isfinite(arr).all() and not np.isfinite(converted).all():
+            raise ValueError(f"state_dict[{name!r}] holds values too large for the parameter's dtype {p.dtype}")
+        value = converted
+    value = np.asarray(value)
+    if value.dtype != p.dtype:
+        raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, the parameter has dtype {p.dtype}: "
+                        f"load_state_dict does not cast (convert it first, e.g. .astype(np.{p.dtype}))")
+    if value.shape != p.shape:
+        raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the parameter has {p.shape}")
+    return value
 
 
 def cpu_only(module, what: str):

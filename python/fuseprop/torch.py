@@ -1,0 +1,299 @@
+"""fuseprop.torch: fuseprop models in PyTorch and PyTorch models in fuseprop (needs torch: the ``torch`` extra).
+
+- ``to_torch(model)``: the torch.nn twin of a fuseprop model (a ``torch.nn.Sequential`` for a Sequential),
+  with copies of its weights, in its dtype, with the same state-dict keys and training modes;
+- ``from_torch(module)``: the fuseprop twin of a torch.nn module built from the layers fuseprop has;
+- ``state_dict_to_torch(state_dict)``: ``model.state_dict()`` (NumPy arrays) as torch tensors, for
+  ``torch_model.load_state_dict``. The other way needs nothing: ``model.load_state_dict`` takes torch
+  tensors (``torch_model.state_dict()``, or ``dict(torch_model.named_parameters())``) of the model's dtype;
+- ``TorchModule(model)``: a ``torch.nn.Module`` whose forward and backward run fuseprop's kernels, so a
+  fuseprop network trains inside a larger PyTorch model (see its docstring for the rules).
+
+The twins, both ways: Sequential (nested too), Linear, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, GELU
+("none" or "tanh"), Softmax and LogSoftmax (over the last axis of a 2-D input: dim -1 or 1), Dropout.
+Anything else (a subclass included: it may compute something else) raises TypeError naming the module.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from . import nn
+from ._tape import enable_grad, last_forward
+
+__all__ = ["to_torch", "from_torch", "state_dict_to_torch", "TorchModule"]
+
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
+
+# The parameterless layers, as (fuseprop type, torch type, fuseprop -> torch, torch -> fuseprop).
+_ACTIVATIONS = [
+    (nn.Identity, torch.nn.Identity, lambda m: torch.nn.Identity(), lambda t: nn.Identity()),
+    (nn.ReLU, torch.nn.ReLU, lambda m: torch.nn.ReLU(), lambda t: nn.ReLU()),
+    (nn.LeakyReLU, torch.nn.LeakyReLU, lambda m: torch.nn.LeakyReLU(m.negative_slope),
+     lambda t: nn.LeakyReLU(t.negative_slope)),
+    (nn.Sigmoid, torch.nn.Sigmoid, lambda m: torch.nn.Sigmoid(), lambda t: nn.Sigmoid()),
+    (nn.Tanh, torch.nn.Tanh, lambda m: torch.nn.Tanh(), lambda t: nn.Tanh()),
+    (nn.GELU, torch.nn.GELU, lambda m: torch.nn.GELU(approximate=m.approximate), lambda t: nn.GELU(t.approximate)),
+    (nn.Softmax, torch.nn.Softmax, lambda m: torch.nn.Softmax(dim=m.dim), lambda t: nn.Softmax(_dim(t))),
+    (nn.LogSoftmax, torch.nn.LogSoftmax, lambda m: torch.nn.LogSoftmax(dim=m.dim), lambda t: nn.LogSoftmax(_dim(t))),
+    (nn.Dropout, torch.nn.Dropout, lambda m: torch.nn.Dropout(m.p), lambda t: nn.Dropout(t.p)),
+]
+_TO_TORCH = {ours: make for ours, _, make, _ in _ACTIVATIONS}
+_FROM_TORCH = {theirs: make for _, theirs, _, make in _ACTIVATIONS}
+_SUPPORTED = "Sequential, Linear, " + ", ".join(ours.__name__ for ours, *_ in _ACTIVATIONS)
+
+
+def _where(path: str) -> str:
+    return f"module {path!r}" if path else "the model"
+
+
+def _dim(t):
+    """The axis of a torch Softmax / LogSoftmax, refusing the implicit one (dim=None)."""
+    if t.dim is None:
+        raise ValueError(f"torch.nn.{type(t).__name__}(dim=None) picks its axis from the input's rank; fuseprop "
+                         "needs it stated: dim=-1 or dim=1 (the last axis of a 2-D input)")
+    return t.dim
+
+
+def to_torch(model):
+    """The torch.nn twin of ``model``: a ``torch.nn.Sequential`` for a Sequential (nested ones nested, the
+    same keys, so the state dicts match key for key), ``torch.nn.Linear`` for a Linear, and so on; with
+    copies of the weights, in the model's dtype, on the CPU, and each module's training mode. Raises
+    TypeError for a module that has no twin (a subclass included: it may compute something else)."""
+    return _to_torch(model, "")
+
+
+def _to_torch(m, path: str):
+    kind = type(m)
+    if kind is nn.Sequential:
+        twin = torch.nn.Sequential(OrderedDict(
+            (name, _to_torch(child, f"{path}.{name}" if path else name)) for name, child in m._modules.items()))
+    elif kind is nn.Linear:
+        state = m.state_dict()
+        dtype = _TORCH_DTYPES[state["weight"].dtype]
+        # skip_init: no random initialisation to overwrite, and torch's generator is left where it was.
+        twin = torch.nn.utils.skip_init(torch.nn.Linear, m.in_features, m.out_features, bias=m.bias is not None,
+                                        dtype=dtype)
+        twin.load_state_dict(state_dict_to_torch(state))
+    elif kind in _TO_TORCH:
+        twin = _TO_TORCH[kind](m)
+    else:
+        raise TypeError(f"to_torch: {_where(path)} is a {kind.__module__}.{kind.__qualname__}, which has no "
+                        f"torch.nn twin here (supported: {_SUPPORTED})")
+    twin.training = m.training
+    return twin
+
+
+def from_torch(module):
+    """The fuseprop twin of a torch.nn module built of the layers fuseprop has (``torch.nn.Sequential``
+    nested as it is, its children numbered "0", "1", ... as fuseprop's Sequential keys them), with copies
+    of the weights (float32 or float64, as the torch layer's), and each module's training mode. Raises
+    TypeError naming the first module fuseprop has no layer for."""
+    return _from_torch(module, "")
+
+
+def _from_torch(t, path: str):
+    kind = type(t)
+    if kind is torch.nn.Sequential:
+        ours = nn.Sequential(*(_from_torch(child, f"{path}.{name}" if path else name)
+                               for name, child in t.named_children()))
+    elif kind is torch.nn.Linear:
+        state = {k: v.detach().cpu().numpy() for k, v in t.state_dict().items()}
+        dtype = state["weight"].dtype
+        if dtype not in _TORCH_DTYPES:
+            raise TypeError(f"from_torch: {_where(path)} (torch.nn.Linear) is {t.weight.dtype}; fuseprop layers are "
+                            "float32 or float64")
+        # A throwaway generator for the initial values load_state_dict overwrites: fuseprop's stream is untouched.
+        ours = nn.Linear(t.in_features, t.out_features, bias=t.bias is not None, dtype=dtype,
+                         generator=np.random.default_rng(0))
+        ours.load_state_dict(state)
+    elif kind in _FROM_TORCH:
+        try:
+            ours = _FROM_TORCH[kind](t)
+        except ValueError as e:
+            raise ValueError(f"from_torch: {_where(path)} (torch.nn.{kind.__name__}): {e}") from None
+    else:
+        raise TypeError(f"from_torch: {_where(path)} is a {kind.__module__}.{kind.__qualname__}, which fuseprop has "
+                        f"no layer for (supported: torch.nn.{_SUPPORTED.replace(', ', ', torch.nn.')})")
+    ours.training = t.training
+    return ours
+
+
+def state_dict_to_torch(state_dict) -> "OrderedDict[str, torch.Tensor]":
+    """A fuseprop state dict (or a model's: pass the model) as CPU torch tensors of the same dtypes, sharing
+    the arrays' memory (``model.state_dict()`` returns copies), ready for ``torch_model.load_state_dict``."""
+    if isinstance(state_dict, nn.Module):
+        state_dict = state_dict.state_dict()
+    out = OrderedDict()
+    for name, value in state_dict.items():
+        arr = np.asarray(value)
+        if not arr.flags.writeable or not arr.flags.c_contiguous:
+            arr = np.array(arr, order="C")  # torch.from_numpy takes only writeable memory
+        out[name] = torch.from_numpy(arr)
+    return out
+
+
+# -------------------------------------------------------------------------------------------------
+# A fuseprop model as a torch.nn.Module
+
+_DETERMINISTIC = (nn.Sequential, nn.Linear, nn.Softmax, nn.LogSoftmax) + tuple(
+    ours for ours, *_ in _ACTIVATIONS if ours is not nn.Dropout)
+
+
+def _replay_refusal(model) -> str | None:
+    """Why running model's forward again on the same input could give another result (None: it cannot)."""
+    for path, m in model.named_modules():
+        if type(m) is nn.Dropout and (not m.training or m.p == 0.0):
+            continue
+        if type(m) not in _DETERMINISTIC:
+            what = "draws a new dropout mask" if type(m) is nn.Dropout else "is not known to compute the same twice"
+            return f"{_where(path)} ({type(m).__name__}) {what}"
+    return None
+
+
+def _as_numpy(t: torch.Tensor) -> np.ndarray:
+    """t's values as a NumPy array: its own memory when t is contiguous, else a contiguous copy."""
+    return t.detach().contiguous().numpy()
+
+
+def _as_tensor(arr: np.ndarray, *inputs: np.ndarray) -> torch.Tensor:
+    """arr as a tensor on its memory; a copy when that memory is read-only or may belong to one of inputs
+    (an identity layer hands its input back): an output must not alias what autograd holds elsewhere."""
+    if not arr.flags.writeable or any(np.may_share_memory(arr, a) for a in inputs):
+        arr = arr.copy()
+    return torch.from_numpy(arr)
+
+
+class _FuseropFunction(torch.autograd.Function):
+    """y = model(x): forward runs model.forward (recording its tape), backward runs model.backward."""
+
+    @staticmethod
+    def forward(ctx, x, wrapper, *params):
+        x_np = _as_numpy(x)
+        with enable_grad():
+            y = wrapper.model(x_np)
+        out = _as_tensor(y, x_np)
+        wrapper._forwards += 1
+        ctx.wrapper, ctx.x_np = wrapper, x_np
+        ctx.tape = (wrapper._forwards, last_forward(wrapper.model))
+        wrapper._live = ctx.tape if ctx.tape[1] is not None else None
+        # Saved so that torch refuses this backward when any of them was changed in place since (an optimizer
+        # step on the weights, an in-place op on the input or output): the tape would not match them.
+        ctx.save_for_backward(x, out, *params)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        wrapper = ctx.wrapper
+        model = wrapper.model
+        _ = ctx.saved_tensors  # raises if the input, the output or a weight was modified in place since the forward
+        if wrapper._live != ctx.tape or last_forward(model) != ctx.tape[1]:
+            # The model's tape holds another forward (the wrapper ran again, or its backward ran already): run
+            # this forward again, on the same input and weights, when that is sure to give the same result.
+            why = _replay_refusal(model)
+            if why is not None:
+                raise RuntimeError(
+                    "fuseprop.torch.TorchModule: this backward belongs to an earlier forward than the model's last "
+                    f"one (or its backward ran already), and its forward cannot be run again because {why}. Run "
+                    "each forward's backward before the next forward (or use eval mode)")
+            with enable_grad():
+                model(ctx.x_np)
+        wrapper._live = None  # the tape is used: a further backward runs the forward again
+        g = _as_numpy(grad_out)
+        params = [p for _, p, _ in wrapper._pairs]
+        for p in params:  # fuseprop accumulates into p.grad: from zero, it holds this backward's gradient alone
+            p.grad.fill(0)
+        need_x = ctx.needs_input_grad[0]
+        grad_x = model._backward(g, need_x)
+        # torch accumulates what backward returns into each Parameter's .grad: copies, as p.grad is reused.
+        grads = [torch.from_numpy(p.grad.copy()) if need else None
+                 for p, need in zip(params, ctx.needs_input_grad[2:])]
+        return (_as_tensor(np.asarray(grad_x), g) if need_x else None, None, *grads)
+
+
+class TorchModule(torch.nn.Module):
+    """A fuseprop model as a ``torch.nn.Module``: its forward and backward run fuseprop's kernels on CPU
+    tensors, so the fuseprop network trains inside a larger PyTorch model, with torch optimizers.
+
+    - Its parameters are ``torch.nn.Parameter``s on the fuseprop parameters' memory (``torch.from_numpy``),
+      keyed as ``model.state_dict()`` keys them: a torch optimizer updates fuseprop's weights in place, and
+      ``wrapper.state_dict()`` / ``load_state_dict`` read and write them. Replacing either side's array
+      (``param.data = ...`` in fuseprop, ``.data =`` / ``.to()`` / ``.double()`` in torch, ``model.to("cuda")``)
+      ends the sharing: the next forward raises instead of computing with weights torch no longer sees.
+    - The input must be a CPU tensor of the model's dtype (no silent cast). A contiguous input reaches the
+      kernels as it is (``tensor.numpy()``: no copy), a non-contiguous one as a contiguous copy, as torch's
+      own kernels take it. The output is a tensor on the array fuseprop wrote (no copy).
+    - Backward follows torch's rules: it returns this backward's gradients, and torch accumulates them into
+      each Parameter's ``.grad`` (``optimizer.zero_grad()`` clears them). fuseprop's ``param.grad`` arrays
+      are its scratch space: zeroed before each backward, they hold the last backward's gradient.
+    - fuseprop's model keeps ONE tape: that of its last forward. A backward whose forward is no longer the
+      last one (the wrapper called twice before backward, or ``backward(retain_graph=True)`` run twice)
+      runs that forward again, on the same input and weights, then its backward: the same numbers, at the
+      cost of one more forward. Where running it again could give other numbers (a Dropout in training
+      mode, a module fuseprop cannot vouch for), that backward raises RuntimeError instead. torch refuses
+      any backward whose input, output or weights were changed in place after its forward.
+    - ``train()`` / ``eval()`` set the fuseprop model's mode too. Under ``torch.no_grad()`` (or when nothing
+      needs a gradient) the forward records no tape, as ``predict`` does.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"TorchModule wraps a fuseprop.nn.Module, got {type(model).__name__}")
+        if model.device != "cpu":
+            raise ValueError("TorchModule runs fuseprop's CPU kernels: move the model with model.to('cpu') first")
+        dtypes = sorted({str(p.dtype) for p in model.parameters()})
+        if len(dtypes) > 1:
+            raise TypeError(f"TorchModule needs parameters of one dtype, the model has {', '.join(dtypes)}")
+        self.model = model
+        self._dtype = _TORCH_DTYPES[np.dtype(dtypes[0])] if dtypes else None
+        self._pairs = []  # (name, fuseprop Parameter, torch Parameter on its memory)
+        for name, p in model.named_parameters():
+            holder = self
+            *path, leaf = name.split(".")
+            for part in path:
+                if part not in holder._modules:
+                    holder.add_module(part, torch.nn.Module())
+                holder = holder._modules[part]
+            tp = torch.nn.Parameter(torch.from_numpy(p.data))
+            holder.register_parameter(leaf, tp)
+            self._pairs.append((name, p, tp))
+        self._forwards = 0  # forwards run through the autograd function
+        self._live = None  # (forward, model's forward number) whose tape the model holds unused, or None
+        super().train(model.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.train(mode)
+        return self
+
+    def _check_shared(self):
+        for name, p, tp in self._pairs:
+            data = p.data
+            if (not isinstance(data, np.ndarray) or tp.dtype != _TORCH_DTYPES.get(data.dtype)
+                    or tuple(tp.shape) != data.shape or tp.data_ptr() != data.__array_interface__["data"][0]
+                    or not tp.is_contiguous()):
+                raise RuntimeError(f"TorchModule: the torch Parameter {name!r} no longer shares memory with the "
+                                   f"fuseprop parameter (one side's array was replaced: .data assigned, .to(), "
+                                   f"a dtype or device change); wrap the model again")
+
+    def forward(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"TorchModule takes a torch.Tensor, got {type(x).__name__}")
+        if x.device.type != "cpu":
+            raise ValueError(f"TorchModule runs on the CPU: the input is on {x.device}")
+        if self._dtype is not None and x.dtype != self._dtype:
+            raise TypeError(f"the input has dtype {x.dtype}, the fuseprop model's parameters are {self._dtype}: "
+                            f"convert it first (x.to({self._dtype}))")
+        self._check_shared()
+        params = [tp for _, _, tp in self._pairs]
+        if torch.is_grad_enabled() and (x.requires_grad or any(tp.requires_grad for tp in params)):
+            return _FuseropFunction.apply(x, self, *params)
+        with nn.no_grad():  # nothing will call backward: no tape recorded, the last one left as it was
+            x_np = _as_numpy(x)
+            return _as_tensor(self.model(x_np), x_np)
+
+    def extra_repr(self):
+        return "model=" + repr(self.model).replace("\n", "\n  ")

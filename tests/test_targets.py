@@ -124,3 +124,14 @@ def test_errors_name_the_users_arrays():
         m.fit(x, np.zeros(999, np.float32), verbose=0)
     with pytest.raises(ValueError, match=r"^evaluate needs at least one sample, got x of shape \(0, 5\)$"):
         m.evaluate(np.zeros((0, 5), np.float32), np.zeros(0, np.float32))
+
+
+def test_predict_evaluate_and_fit_leave_each_modules_mode_as_it_was():
+    fuseprop.manual_seed(0)
+    m = nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.5), nn.Linear(8, 1))
+    m[1].eval()  # the user's choice for this one module; before, predict set it back to training
+    x, y = data()
+    m.predict(x)
+    m.evaluate(x, y, loss=losses.MSELoss())
+    m.fit(x, y, loss=losses.MSELoss(), epochs=1, verbose=0)
+    assert [mod.training for mod in (m, m[0], m[1], m[2])] == [True, True, False, True]

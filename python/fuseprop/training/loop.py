@@ -42,6 +42,15 @@ def _is_ce(loss_fn) -> bool:
     return isinstance(loss_fn, losses.CrossEntropyLoss)
 
 
+def _modes(model) -> list:
+    return [(m, m.training) for _, m in model.named_modules()]
+
+
+def _restore(modes):
+    for m, training in modes:
+        object.__setattr__(m, "training", training)
+
+
 def _reraise_naming(error, what: str, chosen=None):
     """A ValueError or TypeError from inside a batch, raised again with the user's arrays named (and, when
     fit or evaluate chose the loss, which one and why)."""
@@ -177,7 +186,7 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
             and not isinstance(batch_size, bool)):
         native = native_epochs.NativeEpochs(model, x, y, loss_fn, optimizer, int(batch_size), drop_last, clip_grad_norm)
     hooks = _RecordNorms(record) if layers else StepHooks()
-    was_training = model.training
+    modes = _modes(model)  # each module's own: put back as they were, not all to the model's
     for cb in callbacks:
         cb.model = model
         cb.on_train_begin()
@@ -257,7 +266,7 @@ def fit(model, x, y, *, loss=None, optimizer=None, epochs: int = 1, batch_size: 
         _reraise_naming(e, f"fit: x has shape {x.shape}, y {y.shape}, batch_size {batch_size}",
                         None if loss is not None else loss_fn)
     finally:
-        model.train(was_training)
+        _restore(modes)
     for cb in callbacks:
         cb.on_train_end()
     history.params["fused"] = fused_steps > 0
@@ -280,7 +289,7 @@ def _epoch_batches(x, y, batch_size, shuffle, drop_last, rng, device_data, shard
 def predict(model, x, batch_size: int = 256) -> np.ndarray:
     """The model's outputs for x, in eval mode, batch_size samples at a time (no gradients are computed).
     An empty x gives an empty result of the output's shape."""
-    was_training = model.training
+    modes = _modes(model)  # each module's own: put back as they were, not all to the model's
     model.eval()
     x = np.asarray(x)
     if x.ndim < 1:
@@ -292,7 +301,7 @@ def predict(model, x, batch_size: int = 256) -> np.ndarray:
     except (ValueError, TypeError) as e:
         _reraise_naming(e, f"predict: x has shape {x.shape}, taken {batch_size} rows at a time")
     finally:
-        model.train(was_training)
+        _restore(modes)
 
 
 def evaluate(model, x, y, loss=None, batch_size: int = 256) -> dict:
@@ -303,7 +312,7 @@ def evaluate(model, x, y, loss=None, batch_size: int = 256) -> dict:
     x, y = _prepare(model, x, y, loss_fn)
     if len(x) == 0:
         raise ValueError(f"evaluate needs at least one sample, got x of shape {x.shape}")
-    was_training = model.training
+    modes = _modes(model)  # each module's own: put back as they were, not all to the model's
     model.eval()
     total = right = judged = 0
     try:
@@ -317,7 +326,7 @@ def evaluate(model, x, y, loss=None, batch_size: int = 256) -> dict:
         _reraise_naming(e, f"evaluate: x has shape {x.shape}, y {y.shape}, taken {batch_size} rows at a time",
                         None if loss is not None else loss_fn)
     finally:
-        model.train(was_training)
+        _restore(modes)
     result = {"loss": total / len(x) if loss_fn.reduction == "mean" else total}
     if judged:
         result["accuracy"] = right / judged

@@ -1,0 +1,736 @@
+// TrainPlan (CPU) and CudaTrainPlan: the whole training step in one native call.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "plan/batches.h"
+#include "plan/network.h"
+#include "python/bind.h"
+#include "python/checks.h"
+#if FUSEPROP_CUDA_COMPILED
+#include "cuda/core/memory.h"
+#include "cuda/plan/train_plan.h"
+#include "python/device_array.h"
+#endif
+
+namespace fuseprop::bindings {
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+// ---------------------------------------------------------------- what the CPU and CUDA train plans share
+
+template <typename Kind, size_t N>
+Kind lookup_kind(const std::pair<const char*, Kind> (&table)[N], const std::string& name, const char* what) {
+  std::string names;
+  for (const auto& [n, k] : table) {
+    if (name == n) return k;
+    names += cat(names.empty() ? "" : ", ", "'", n, "'");
+  }
+  throw py::value_error(cat(what, " must be one of ", names, "; got '", name, "'"));
+}
+
+[[noreturn]] void throw_floating_point(const std::string& message) {
+  PyErr_SetString(PyExc_FloatingPointError, message.c_str());
+  throw py::error_already_set();
+}
+
+double hyper_number(const py::handle& h, const char* name, int64_t group) {
+  const double v = PyFloat_AsDouble(h.ptr());
+  if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  if (!std::isfinite(v)) throw py::value_error(cat("param group ", group, ": ", name, " must be finite, got ", v));
+  return v;
+}
+
+// hyper: one tuple per param group, (lr, momentum, dampening, nesterov, weight_decay) for SGD,
+// (lr, beta1, beta2, eps, weight_decay) for Adam / AdamW; every value checked.
+std::vector<OptimizerHyper> parse_hyper(const py::sequence& hyper, int64_t groups, bool sgd) {
+  if (int64_t(py::len(hyper)) != groups) throw py::value_error(cat("hyper must have one tuple per param group (", groups, "), got ", py::len(hyper)));
+  std::vector<OptimizerHyper> out(static_cast<size_t>(groups));
+  for (int64_t g = 0; g < groups; ++g) {
+    const py::sequence t = hyper[size_t(g)].cast<py::sequence>();
+    if (py::len(t) != 5) throw py::value_error(cat("hyper[", g, "] must have 5 entries, got ", py::len(t)));
+    OptimizerHyper& h = out[size_t(g)];
+    auto at_least_zero = [&](size_t i, const char* name, double hi = INFINITY) {
+      const double v = hyper_number(t[i], name, g);
+      if (v < 0 || v >= hi) throw py::value_error(cat("param group ", g, ": ", name, " must be in [0, ", hi, "), got ", v));
+      return v;
+    };
+    h.lr = at_least_zero(0, "lr");
+    h.weight_decay = at_least_zero(4, "weight_decay");
+    if (sgd) {
+      h.momentum = at_least_zero(1, "momentum");
+      h.dampening = at_least_zero(2, "dampening");
+      const int nesterov = PyObject_IsTrue(t[3].ptr());
+      if (nesterov < 0) throw py::error_already_set();
+      h.nesterov = nesterov == 1;
+      if (h.nesterov && (h.momentum <= 0 || h.dampening != 0))
+        throw py::value_error(cat("param group ", g, ": nesterov momentum requires momentum > 0 and dampening == 0"));
+    } else {
+      h.beta1 = at_least_zero(1, "beta1", 1.0);
+      h.beta2 = at_least_zero(2, "beta2", 1.0);
+      h.eps = at_least_zero(3, "eps");
+    }
+  }
+  return out;
+}
+
+// steps: one count per parameter (SGD: 1 on the momentum buffer's first update, else 2; Adam: this
+// update's number, from 1). Every count is checked before any slot is written.
+template <typename T>
+void apply_hyper(std::vector<ParamSlot<T>>& slots, const py::sequence& steps, const std::vector<std::string>& names,
+                 const std::vector<int64_t>& slot_group, const std::vector<OptimizerHyper>& group_hyper, bool sgd) {
+  if (py::len(steps) != names.size()) throw py::value_error(cat("steps must have one count per parameter (", names.size(), "), got ", py::len(steps)));
+  std::vector<int64_t> counts;
+  for (size_t s = 0; s < slots.size(); ++s) {
+    const int64_t step = steps[s].cast<int64_t>();
+    if (step < 1) throw py::value_error(cat("steps[", s, "] (", names[s], ") must be >= 1, got ", step));
+    const OptimizerHyper& h = group_hyper[size_t(slot_group[s])];
+    if (sgd && h.momentum != 0 && !slots[s].state_a)
+      throw py::value_error(cat(names[s], " has no momentum_buffer, but its group's momentum is ", h.momentum));
+    counts.push_back(step);
+  }
+  for (size_t s = 0; s < slots.size(); ++s) {
+    slots[s].hyper = group_hyper[size_t(slot_group[s])];
+    slots[s].step = counts[s];
+  }
+}
+
+struct PlanKinds {
+  LossKind loss;
+  OptimizerKind optimizer;
+  bool mean;  // reduction "mean" (else "sum")
+};
+
+// The settings a TrainPlan (CPU or CUDA) is built with, each checked.
+PlanKinds parse_plan_kinds(const py::sequence& layers, const std::string& loss, const std::string& optimizer,
+                           double label_smoothing, const std::string& reduction, int64_t groups) {
+  static const std::pair<const char*, LossKind> loss_kinds[] = {
+      {"cross_entropy", LossKind::cross_entropy}, {"mse", LossKind::mse}, {"bce_with_logits", LossKind::bce_with_logits}};
+  static const std::pair<const char*, OptimizerKind> optimizer_kinds[] = {
+      {"sgd", OptimizerKind::sgd}, {"adam", OptimizerKind::adam}, {"adamw", OptimizerKind::adamw}};
+  PlanKinds k{lookup_kind(loss_kinds, loss, "loss"), lookup_kind(optimizer_kinds, optimizer, "optimizer"), true};
+  check_range(label_smoothing, "label_smoothing", 0.0, 1.0, true);
+  k.mean = parse_reduction(reduction);
+  if (groups < 1) throw py::value_error(cat("groups must be >= 1, got ", groups));
+  if (py::len(layers) == 0) throw py::value_error("a TrainPlan needs at least one layer");
+  return k;
+}
+
+struct LayerEntry {
+  Activation act;
+  double slope;
+  bool has_bias;
+};
+
+// One entry of a TrainPlan's layers: (activation, negative_slope, has_bias).
+LayerEntry parse_layer_entry(const py::handle& item) {
+  const py::tuple layer = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+  if (layer.size() != 3) throw py::value_error("each layers entry must be (activation, negative_slope, has_bias)");
+  LayerEntry e{parse_activation(layer[0].cast<std::string>()), layer[1].cast<double>(), layer[2].cast<bool>()};
+  check_finite_scalar(e.slope, "negative_slope");
+  return e;
+}
+
+// A refused or overflowed step as Sequential.train_step reports it; nothing for StepStatus::ok.
+void raise_for_status(const StepResult& result, const std::vector<std::string>& names) {
+  switch (result.status) {
+    case StepStatus::ok:
+      return;
+    case StepStatus::loss_not_finite:
+      throw_floating_point(cat("the loss is ", py::repr(py::float_(result.loss)).cast<std::string>(),
+                               "; the weights were not updated"));
+    case StepStatus::grad_not_finite:
+      throw_floating_point(cat("the gradient of ", names[result.slot], " is not finite; the weights were not updated"));
+    case StepStatus::param_not_finite:
+      throw_floating_point(cat("the optimizer update made ", names[result.slot], " non-finite (is the learning rate too "
+                               "large?); the weights were overwritten: reload them from a checkpoint"));
+  }
+}
+
+// A TrainPlan over a model's own arrays. The constructor checks every array once (dtype, layout,
+// writeability, shapes chaining layer to layer, no two sharing memory) and keeps a reference to each,
+// so the pointers the plan holds stay valid as long as it lives. step() checks the batch, the
+// targets, the hyper-parameters and the step counts before anything is written, then runs forward,
+// loss, backward and update in one native call without the GIL.
+class TrainPlanEntry {
+ public:
+  // layers [(activation, negative_slope, has_bias)], one per Linear layer, in order.
+  // params [(name, data, grad, state_a, state_b, group)] in the model's order: each layer's weight
+  //   (OUT,IN), then its bias (OUT,) when it has one. state_a: SGD's momentum_buffer (None without
+  //   momentum) or Adam's exp_avg; state_b: Adam's exp_avg_sq (None for SGD); group in [0, groups).
+  TrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
+                 const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups)
+      : groups_(groups) {
+    const PlanKinds kinds = parse_plan_kinds(layers, loss, optimizer, label_smoothing, reduction, groups);
+    loss_ = kinds.loss;
+    optimizer_ = kinds.optimizer;
+    const bool mean = kinds.mean;
+
+    // Each parameter: data, grad and state of one float dtype and data's shape, writeable, C-contiguous.
+    const bool adam = optimizer_ != OptimizerKind::sgd;
+    std::vector<py::array> data, grad;
+    std::vector<std::optional<py::array>> state_a, state_b;
+    std::vector<std::pair<py::array, std::string>> written;  // for the overlap check
+    for (const py::handle item : params) {
+      const py::tuple entry = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+      if (entry.size() != 6) throw py::value_error("each params entry must be (name, data, grad, state_a, state_b, group)");
+      const std::string name = entry[0].cast<std::string>(), grad_name = name + ".grad";
+      if (data.empty()) dtype_ = float_dtype(as_array(entry[1], name.c_str()), name.c_str());
+      data.push_back(float_inout_like(entry[1], name.c_str(), dtype_, "the first parameter"));
+      grad.push_back(float_inout_like(entry[2], grad_name.c_str(), dtype_, "the first parameter"));
+      check_same_shape(grad.back(), grad_name.c_str(), data.back(), name.c_str());
+      written.emplace_back(data.back(), name);
+      written.emplace_back(grad.back(), grad_name);
+      auto state = [&](const py::handle obj, const char* key, bool required) -> std::optional<py::array> {
+        const std::string state_name = cat("state '", key, "' of ", name);
+        if (obj.is_none()) {
+          if (required) throw py::value_error(cat(state_name, " is required"));
+          return std::nullopt;
+        }
+        py::array a = float_inout_like(obj, state_name.c_str(), dtype_, "the parameters");
+        check_same_shape(a, state_name.c_str(), data.back(), name.c_str());
+        written.emplace_back(a, state_name);
+        return a;
+      };
+      state_a.push_back(state(entry[3], adam ? "exp_avg" : "momentum_buffer", adam));
+      if (!adam && !entry[4].is_none()) throw py::value_error(cat("SGD keeps one state array per parameter: state_b of ", name, " must be None"));
+      state_b.push_back(state(entry[4], "exp_avg_sq", adam));
+      const int64_t group = entry[5].cast<int64_t>();
+      if (group < 0 || group >= groups) throw py::value_error(cat("the group of ", name, " must be in [0, ", groups, "), got ", group));
+      names_.push_back(name);
+      slot_group_.push_back(group);
+      for (int k = 1; k <= 4; ++k) keep_alive_.push_back(entry[k]);
+    }
+    for (size_t i = 0; i < written.size(); ++i)
+      for (size_t j = i + 1; j < written.size(); ++j)
+        check_no_overlap(written[i].first, written[i].second.c_str(), written[j].first, written[j].second.c_str());
+
+    // Each layer takes the next weight (OUT,IN) whose IN is the OUT before, then its bias (OUT,).
+    struct LayerSpec { Activation act; double slope; size_t weight; std::optional<size_t> bias; };
+    std::vector<LayerSpec> specs;
+    size_t next = 0;
+    for (const py::handle item : layers) {
+      const LayerEntry layer = parse_layer_entry(item);
+      LayerSpec spec{layer.act, layer.slope, next, std::nullopt};
+      const bool has_bias = layer.has_bias;
+      if (next + (has_bias ? 2 : 1) > data.size())
+        throw py::value_error(cat("params has ", data.size(), " entries, fewer than the layers' weights and biases"));
+      const py::array& w = data[next++];
+      check_ndim(w, names_[spec.weight].c_str(), 2);
+      if (w.shape(0) < 1 || w.shape(1) < 1)
+        throw py::value_error(cat(names_[spec.weight], " must have at least one row and one column, got shape ", shape_str(w)));
+      if (!specs.empty() && w.shape(1) != out_features_)
+        throw py::value_error(cat(names_[spec.weight], " has shape ", shape_str(w), ": its in_features must be ",
+                                  out_features_, ", the out_features of the layer before"));
+      if (specs.empty()) in_features_ = w.shape(1);
+      out_features_ = w.shape(0);
+      if (has_bias) {
+        spec.bias = next++;
+        check_shape(data[*spec.bias], names_[*spec.bias].c_str(), {out_features_});
+      }
+      specs.push_back(spec);
+    }
+    if (next != data.size()) throw py::value_error(cat("params has ", data.size(), " entries; the layers take ", next));
+
+    dispatch(dtype_, [&](auto tag) {
+      using T = decltype(tag);
+      std::vector<ParamSlot<T>> slots;
+      for (size_t s = 0; s < data.size(); ++s)
+        slots.push_back({ptr<T>(data[s]), ptr<T>(grad[s]), ptr_or_null<T>(state_a[s]), ptr_or_null<T>(state_b[s]),
+                         int64_t(data[s].size()), OptimizerHyper{}, 1});
+      std::vector<DenseLayer<T>> dense;
+      for (const LayerSpec& l : specs) {
+        const ParamSlot<T>& w = slots[l.weight];
+        dense.push_back({w.param, l.bias ? slots[*l.bias].param : nullptr, w.grad, l.bias ? slots[*l.bias].grad : nullptr,
+                         data[l.weight].shape(1), data[l.weight].shape(0), l.act, T(l.slope)});
+      }
+      plan<T>() = std::make_unique<TrainPlan<T>>(std::move(dense), std::move(slots),
+                                                 LossSpec{loss_, label_smoothing, mean}, optimizer_);
+    });
+  }
+
+  // x (B,IN); target: labels (B,) int64 in [0, OUT) for cross-entropy, else (B,OUT) of x's dtype.
+  // hyper: one tuple per param group, (lr, momentum, dampening, nesterov, weight_decay) for SGD,
+  // (lr, beta1, beta2, eps, weight_decay) for Adam / AdamW. steps: one count per parameter (SGD: 1 on
+  // the momentum buffer's first update, else 2; Adam: this update's number, from 1).
+  // Returns the loss; raises FloatingPointError as Sequential.train_step does.
+  double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps,
+              double max_grad_norm) {
+    if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
+    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    py::array x = as_array(x_obj, "x");
+    check_dtype(x, "x", dtype_, "the parameters");
+    check_layout(x, "x");
+    check_ndim(x, "x", 2);
+    const int64_t B = x.shape(0);
+    if (B == 0) throw py::value_error(cat("train_step needs a non-empty batch, got x of shape ", shape_str(x)));
+    if (x.shape(1) != in_features_)
+      throw py::value_error(cat("x must have ", in_features_, " features in its last dimension, got shape ", shape_str(x)));
+    py::array target;
+    if (loss_ == LossKind::cross_entropy) {
+      target = checked_labels(target_obj, B, out_features_);
+    } else {
+      target = float_input_like(target_obj, "target", dtype_, "x");
+      if (target.ndim() != 2 || target.shape(0) != B || target.shape(1) != out_features_)
+        throw py::value_error(cat("target must have the same shape as ", loss_ == LossKind::mse ? "pred" : "logits",
+                                  " (", B, ", ", out_features_, "), got ", shape_str(target)));
+    }
+    const std::vector<OptimizerHyper> group_hyper = parse_hyper(hyper, groups_, optimizer_ == OptimizerKind::sgd);
+    dispatch(dtype_, [&](auto tag) {
+      apply_hyper(plan<decltype(tag)>()->params(), steps, names_, slot_group_, group_hyper, optimizer_ == OptimizerKind::sgd);
+    });
+    return dispatch(dtype_, [&](auto tag) -> double {
+      using T = decltype(tag);
+      TrainPlan<T>& p = *plan<T>();
+      if (B > std::numeric_limits<int64_t>::max() / int64_t(sizeof(T)) / p.row_elements())
+        throw py::value_error(cat("a batch of ", B, " rows needs a workspace too large to allocate"));
+      const bool labels = loss_ == LossKind::cross_entropy;
+      StepResult result;
+      busy_ = true;
+      updated_ = false;
+      try {
+        py::gil_scoped_release nogil;
+        result = p.step(ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target), B,
+                        max_grad_norm);
+      } catch (...) {
+        busy_ = false;
+        throw;
+      }
+      busy_ = false;
+      updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
+      correct_ = result.correct;
+      grad_norm_ = result.grad_norm;
+      raise_for_status(result, names_);
+      return result.loss;
+    });
+  }
+
+  // Many steps in one call (fit's epochs): batch after batch gathered from the whole training set.
+  // x (N,IN) of the parameters' dtype; target: labels (N,) int64 for cross-entropy, else (N,OUT) of x's
+  // dtype. order: None (batch b is rows b*batch_size .. of x, in place) or (M,) int64 row indices in
+  // [0, N): batch b is order[b*batch_size : (b+1)*batch_size] (the last one may be shorter). Runs
+  // batches first_batch .. first_batch+n_batches-1, which must exist. hyper, steps: as step(), for the
+  // first of them; later steps count on (Adam +1 per update, SGD 2 after a momentum buffer's first).
+  // lrs: None, or (n_batches, groups) float64, finite and >= 0: batch first_batch+j's lr per group.
+  // Everything is checked (the labels and indices the batches use included) before the first step.
+  // Returns (losses (n_batches,) float64, correct (n_batches,) int64), one entry per batch. A refused
+  // step raises as step() does, after batches_done batches; updated, correct and grad_norm are the last
+  // step's, as after step().
+  py::tuple run_batches(const py::handle& x_obj, const py::handle& target_obj, const py::handle& order_obj,
+                        int64_t batch_size, int64_t first_batch, int64_t n_batches, const py::sequence& hyper,
+                        const py::sequence& steps, double max_grad_norm, const py::handle& lrs_obj) {
+    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    batches_done_ = 0;
+    if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
+    py::array x = as_array(x_obj, "x");
+    check_dtype(x, "x", dtype_, "the parameters");
+    check_layout(x, "x");
+    check_ndim(x, "x", 2);
+    if (x.shape(1) != in_features_)
+      throw py::value_error(cat("x must have ", in_features_, " features in its last dimension, got shape ", shape_str(x)));
+    const int64_t N = x.shape(0);
+    const bool labels = loss_ == LossKind::cross_entropy;
+    py::array target;
+    if (labels) {
+      target = as_array(target_obj, "labels");
+      if (!target.dtype().equal(py::dtype::of<int64_t>()))
+        throw py::type_error(cat("labels must be class indices with dtype int64, got ", dtype_str(target)));
+      check_layout(target, "labels");
+      check_shape(target, "labels", {N});
+    } else {
+      target = float_input_like(target_obj, "target", dtype_, "x");
+      check_shape(target, "target", {N, out_features_});
+    }
+    std::optional<py::array> order;
+    if (!order_obj.is_none()) {
+      order = as_array(order_obj, "order");
+      if (!order->dtype().equal(py::dtype::of<int64_t>()))
+        throw py::type_error(cat("order must hold row indices with dtype int64, got ", dtype_str(*order)));
+      check_layout(*order, "order");
+      check_ndim(*order, "order", 1);
+    }
+    if (batch_size < 1) throw py::value_error(cat("batch_size must be >= 1, got ", batch_size));
+    const int64_t rows = order ? order->shape(0) : N, batches = rows / batch_size + (rows % batch_size != 0);
+    if (first_batch < 0 || n_batches < 0 || first_batch > batches || n_batches > batches - first_batch)
+      throw py::value_error(cat("batches ", first_batch, " .. ", first_batch, " + ", n_batches, " do not exist: ", rows,
+                                " rows make ", batches, " batches of ", batch_size));
+    std::optional<py::array> lrs;
+    if (!lrs_obj.is_none()) {
+      lrs = as_array(lrs_obj, "lrs");
+      if (!lrs->dtype().equal(py::dtype::of<double>())) throw py::type_error(cat("lrs must have dtype float64, got ", dtype_str(*lrs)));
+      check_layout(*lrs, "lrs");
+      check_shape(*lrs, "lrs", {n_batches, groups_});
+      const double* v = ptr<double>(*lrs);
+      for (int64_t i = 0; i < n_batches * groups_; ++i)
+        if (!(std::isfinite(v[i]) && v[i] >= 0))
+          throw py::value_error(cat("lrs[", i / groups_, ", ", i % groups_, "] (the lr of param group ", i % groups_,
+                                    " in batch ", first_batch + i / groups_, ") must be finite and >= 0, got ", v[i]));
+    }
+    // The rows these batches use: their indices, then their labels.
+    const int64_t begin = first_batch * batch_size, end = first_batch + n_batches == batches ? rows : (first_batch + n_batches) * batch_size;
+    const int64_t* index = order ? ptr<int64_t>(*order) : nullptr;
+    for (int64_t i = begin; index && i < end; ++i)
+      if (index[i] < 0 || index[i] >= N)
+        throw py::value_error(cat("order[", i, "] is ", index[i], ": row indices must be in [0, ", N, ") for x of shape ", shape_str(x)));
+    if (labels) {
+      const int64_t* l = ptr<int64_t>(target);
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t r = index ? index[i] : i;
+        if (l[r] < 0 || l[r] >= out_features_)
+          throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_,
+                                    " classes; labels[", r, "] is ", l[r]));
+      }
+    }
+    const int64_t B = std::min(batch_size, rows);
+    if (B > std::numeric_limits<int64_t>::max() / int64_t(sizeof(double)) / std::max({row_elements(), in_features_, out_features_}))
+      throw py::value_error(cat("a batch of ", B, " rows needs a workspace too large to allocate"));
+    const std::vector<OptimizerHyper> group_hyper = parse_hyper(hyper, groups_, optimizer_ == OptimizerKind::sgd);
+    dispatch(dtype_, [&](auto tag) {
+      apply_hyper(plan<decltype(tag)>()->params(), steps, names_, slot_group_, group_hyper, optimizer_ == OptimizerKind::sgd);
+    });
+
+    py::array_t<double> losses = empty<double>({n_batches});
+    py::array_t<int64_t> correct = empty<int64_t>({n_batches});
+    if (n_batches == 0) return py::make_tuple(losses, correct);
+    const BatchRun run = dispatch(dtype_, [&](auto tag) -> BatchRun {
+      using T = decltype(tag);
+      const BatchSource<T> src{ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target),
+                               index, rows, batch_size, in_features_, out_features_};
+      BatchBuffers<T>& buf = buffers<T>();
+      batches_reserve(buf, src);
+      busy_ = true;
+      updated_ = false;
+      try {
+        py::gil_scoped_release nogil;
+        const BatchRun r = fuseprop::run_batches(*plan<T>(), buf, ptr<double>(losses), ptr<int64_t>(correct), src,
+                                                 first_batch, n_batches, lrs ? ptr<double>(*lrs) : nullptr,
+                                                 slot_group_.data(), groups_, optimizer_, max_grad_norm);
+        busy_ = false;
+        return r;
+      } catch (...) {
+        busy_ = false;
+        throw;
+      }
+    });
+    batches_done_ = run.done;
+    updated_ = run.last.status == StepStatus::ok || run.last.status == StepStatus::param_not_finite;
+    correct_ = run.last.correct;
+    grad_norm_ = run.last.grad_norm;
+    raise_for_status(run.last, names_);
+    return py::make_tuple(losses, correct);
+  }
+
+  // A new (B,OUT) array: the gradient of the last step's loss with respect to the model's output.
+  py::array loss_grad() const {
+    if (busy_) throw std::runtime_error("TrainPlan.step is running in another thread");
+    return dispatch(dtype_, [&](auto tag) -> py::array {
+      using T = decltype(tag);
+      const TrainPlan<T>& p = *plan<T>();
+      if (p.steps() == 0) throw std::runtime_error("TrainPlan.loss_grad: no step has run yet");
+      py::array out = empty<T>({p.last_batch(), out_features_});
+      std::copy_n(p.loss_grad(), p.last_batch() * out_features_, ptr<T>(out));
+      return out;
+    });
+  }
+
+  int64_t allocations() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->allocations(); }); }
+  int64_t capacity() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->capacity(); }); }
+  int64_t steps() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->steps(); }); }
+  bool updated() const { return updated_; }
+  int64_t correct() const { return correct_; }
+  double grad_norm() const { return grad_norm_; }
+  int64_t batches_done() const { return batches_done_; }
+
+ private:
+  template <typename T>
+  std::unique_ptr<TrainPlan<T>>& plan() {
+    if constexpr (std::is_same_v<T, float>) return f32_; else return f64_;
+  }
+  template <typename T>
+  const std::unique_ptr<TrainPlan<T>>& plan() const {
+    if constexpr (std::is_same_v<T, float>) return f32_; else return f64_;
+  }
+
+  template <typename T>
+  BatchBuffers<T>& buffers() {
+    if constexpr (std::is_same_v<T, float>) return f32_batches_; else return f64_batches_;
+  }
+  int64_t row_elements() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->row_elements(); }); }
+
+  std::unique_ptr<TrainPlan<float>> f32_;
+  std::unique_ptr<TrainPlan<double>> f64_;
+  BatchBuffers<float> f32_batches_;       // run_batches gathers each batch here
+  BatchBuffers<double> f64_batches_;
+  int64_t batches_done_ = 0;              // the last run_batches' batches whose step returned ok
+  DType dtype_ = DType::f32;
+  LossKind loss_ = LossKind::cross_entropy;
+  OptimizerKind optimizer_ = OptimizerKind::sgd;
+  int64_t groups_ = 1, in_features_ = 0, out_features_ = 0;
+  std::vector<std::string> names_;        // per parameter, for messages
+  std::vector<int64_t> slot_group_;       // per parameter, its param group
+  std::vector<py::object> keep_alive_;    // every array the plan points into
+  bool busy_ = false;                     // a step() runs (without the GIL): a second one must not start
+  bool updated_ = false;                  // the last step() wrote the update (it may have raised after it)
+  double grad_norm_ = 0;                  // the last clipped step's global gradient norm, before clipping
+  int64_t correct_ = 0;                   // cross-entropy: the last step's rows predicted right (argmax == label)
+};
+
+#if FUSEPROP_CUDA_COMPILED
+class CudaTrainPlanEntry {
+ public:
+  // As TrainPlan (above), with DeviceArrays for data, grad and state; float32 only.
+  CudaTrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
+                     const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups,
+                     bool tf32, bool fused)
+      : groups_(groups) {
+    const PlanKinds kinds = parse_plan_kinds(layers, loss, optimizer, label_smoothing, reduction, groups);
+    loss_ = kinds.loss;
+    optimizer_ = kinds.optimizer;
+    const bool mean = kinds.mean;
+    const bool adam = optimizer_ != OptimizerKind::sgd;
+    std::vector<ParamSlot<float>> slots;
+    std::vector<std::vector<int64_t>> shapes;
+    std::vector<std::pair<const unsigned char*, size_t>> spans;  // for the overlap check
+    std::vector<std::string> span_names;
+    for (const py::handle item : params) {
+      const py::tuple entry = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+      if (entry.size() != 6) throw py::value_error("each params entry must be (name, data, grad, state_a, state_b, group)");
+      const std::string name = entry[0].cast<std::string>(), grad_name = name + ".grad";
+      const DeviceArray& data = cuda_array_arg(entry[1], name.c_str(), ElemType::f32);
+      const DeviceArray& grad = cuda_array_arg(entry[2], grad_name.c_str(), ElemType::f32);
+      auto same_shape = [&](const DeviceArray& a, const std::string& what) {
+        check_writable_device(a, what.c_str());
+        if (a.shape != data.shape)
+          throw py::value_error(cat(what, " must have the same shape as ", name, " ", dims_str(data.shape), ", got ", dims_str(a.shape)));
+        spans.emplace_back(a.data, a.nbytes());
+        span_names.push_back(what);
+      };
+      same_shape(data, name);
+      same_shape(grad, grad_name);
+      auto state = [&](const py::handle obj, const char* key, bool required) -> float* {
+        const std::string state_name = cat("state '", key, "' of ", name);
+        if (obj.is_none()) {
+          if (required) throw py::value_error(cat(state_name, " is required"));
+          return nullptr;
+        }
+        const DeviceArray& s = cuda_array_arg(obj, state_name.c_str(), ElemType::f32);
+        same_shape(s, state_name);
+        return s.as<float>();
+      };
+      float* a = state(entry[3], adam ? "exp_avg" : "momentum_buffer", adam);
+      if (!adam && !entry[4].is_none()) throw py::value_error(cat("SGD keeps one state array per parameter: state_b of ", name, " must be None"));
+      float* b = state(entry[4], "exp_avg_sq", adam);
+      const int64_t group = entry[5].cast<int64_t>();
+      if (group < 0 || group >= groups) throw py::value_error(cat("the group of ", name, " must be in [0, ", groups, "), got ", group));
+      slots.push_back({data.as<float>(), grad.as<float>(), a, b, data.size(), OptimizerHyper{}, 1});
+      shapes.push_back(data.shape);
+      names_.push_back(name);
+      slot_group_.push_back(group);
+      for (int k = 1; k <= 4; ++k) keep_alive_.push_back(entry[k]);
+    }
+    for (size_t i = 0; i < spans.size(); ++i)
+      for (size_t j = i + 1; j < spans.size(); ++j) {
+        const auto [p, n] = spans[i];
+        const auto [q, m] = spans[j];
+        if (n && m && p < q + m && q < p + n)
+          throw py::value_error(cat(span_names[i], " and ", span_names[j], " share memory; each must have its own"));
+      }
+    std::vector<DenseLayer<float>> dense;
+    size_t next = 0;
+    for (const py::handle item : layers) {
+      const auto [act, slope, has_bias] = parse_layer_entry(item);
+      if (next + (has_bias ? 2 : 1) > slots.size())
+        throw py::value_error(cat("params has ", slots.size(), " entries, fewer than the layers' weights and biases"));
+      const size_t w = next++;
+      const auto& ws = shapes[w];
+      if (ws.size() != 2 || ws[0] < 1 || ws[1] < 1)
+        throw py::value_error(cat(names_[w], " must be 2-D with at least one row and one column, got shape ", dims_str(ws)));
+      if (!dense.empty() && ws[1] != out_features_)
+        throw py::value_error(cat(names_[w], " has shape ", dims_str(ws), ": its in_features must be ", out_features_,
+                                  ", the out_features of the layer before"));
+      if (dense.empty()) in_features_ = ws[1];
+      out_features_ = ws[0];
+      float *b = nullptr, *db = nullptr;
+      if (has_bias) {
+        const size_t bi = next++;
+        if (shapes[bi] != std::vector<int64_t>{out_features_})
+          throw py::value_error(cat(names_[bi], " must have shape (", out_features_, ",), got ", dims_str(shapes[bi])));
+        b = slots[bi].param, db = slots[bi].grad;
+      }
+      dense.push_back({slots[w].param, b, slots[w].grad, db, ws[1], ws[0], act, float(slope)});
+    }
+    if (next != slots.size()) throw py::value_error(cat("params has ", slots.size(), " entries; the layers take ", next));
+    require_device();
+    plan_ = std::make_unique<cuda::TrainPlan>(std::move(dense), std::move(slots), LossSpec{loss_, label_smoothing, mean},
+                                              optimizer_, tf32, fused);
+  }
+
+  // x: (B, IN) float32, a DeviceArray on the GPU or an ndarray (staged over); target: labels (B,) int64
+  // for cross-entropy, else (B, OUT) float32, either kind. Returns the loss; raises as TrainPlan.step.
+  double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps,
+              double max_grad_norm) {
+    if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
+    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, in_features_}));
+    const int64_t B = batch_;
+    const bool labels = loss_ == LossKind::cross_entropy;
+    const void* target = labels ? input(target_obj, "labels", t_stage_, ElemType::i64, {B})
+                                : input(target_obj, "target", t_stage_, ElemType::f32, {B, out_features_});
+    const bool sgd = optimizer_ == OptimizerKind::sgd;
+    apply_hyper(plan_->params(), steps, names_, slot_group_, parse_hyper(hyper, groups_, sgd), sgd);
+    StepResult result;
+    busy_ = true;
+    updated_ = false;
+    try {
+      py::gil_scoped_release nogil;
+      result = plan_->step(x, labels ? static_cast<const int64_t*>(target) : nullptr,
+                           labels ? nullptr : static_cast<const float*>(target), B, max_grad_norm);
+    } catch (...) {
+      busy_ = false;
+      throw;
+    }
+    busy_ = false;
+    if (plan_->bad_label() != ~0ull) {
+      int64_t v = 0;
+      cuda::copy_to_host(&v, static_cast<const int64_t*>(target) + plan_->bad_label(), sizeof v);
+      throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_, " classes; labels[",
+                                plan_->bad_label(), "] is ", v, " (the weights were not updated)"));
+    }
+    updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
+    correct_ = result.correct;
+    grad_norm_ = result.grad_norm;
+    raise_for_status(result, names_);
+    return result.loss;
+  }
+
+  // x (B, IN) -> a new DeviceArray (B, OUT): the network's output.
+  std::shared_ptr<DeviceArray> forward(const py::handle& x_obj) {
+    if (busy_) throw std::runtime_error("TrainPlan.step is running in another thread");
+    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, in_features_}));
+    auto out = device_empty({batch_, out_features_}, ElemType::f32);
+    py::gil_scoped_release nogil;
+    plan_->forward(out->as<float>(), x, batch_);
+    return out;
+  }
+
+  int64_t allocations() const { return plan_->allocations(); }
+  int64_t capacity() const { return plan_->capacity(); }
+  int64_t steps() const { return plan_->steps(); }
+  bool fused() const { return plan_->fused(); }
+  bool updated() const { return updated_; }
+  int64_t correct() const { return correct_; }
+  double grad_norm() const { return grad_norm_; }
+
+ private:
+  // A device pointer to obj's data: a CUDA DeviceArray as it is, an ndarray staged into `stage`.
+  // dims: the expected shape, -1 for the batch (which sets batch_, and must not be 0).
+  const void* input(const py::handle& obj, const char* name, cuda::DeviceBuffer& stage, ElemType type,
+                    std::vector<int64_t> dims) {
+    std::vector<int64_t> shape;
+    const void* host = nullptr;
+    const DeviceArray* dev = nullptr;
+    if (is_device_array(obj)) {
+      dev = &cuda_array_arg(obj, name, type);
+      shape = dev->shape;
+    } else {
+      const py::array a = as_array(obj, name);
+      if (elem_type_of(a, name) != type)
+        throw py::type_error(cat(name, " must have dtype ", elem_name(type), ", got ", dtype_str(a)));
+      check_layout(a, name);
+      shape.assign(a.shape(), a.shape() + a.ndim());
+      host = a.data();
+      stage_keep_ = a;
+    }
+    if (dims[0] == -1) {
+      if (shape.size() != dims.size() || shape[1] != dims[1])
+        throw py::value_error(cat(name, " must have shape (B, ", dims[1], "), got ", dims_str(shape)));
+      if (shape[0] == 0) throw py::value_error(cat("train_step needs a non-empty batch, got ", name, " of shape ", dims_str(shape)));
+      batch_ = dims[0] = shape[0];
+    }
+    if (shape != dims) throw py::value_error(cat(name, " must have shape ", dims_str(dims), ", got ", dims_str(shape)));
+    if (type == ElemType::i64 && host) {  // labels from the host are checked here, before they go over
+      const int64_t* l = static_cast<const int64_t*>(host);
+      for (int64_t i = 0; i < dims[0]; ++i)
+        if (l[i] < 0 || l[i] >= out_features_)
+          throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_,
+                                    " classes; labels[", i, "] is ", l[i]));
+    }
+    if (dev) return dev->data;
+    size_t bytes = 1;
+    for (int64_t d : dims) bytes *= size_t(d);
+    bytes *= elem_size(type);
+    require_device();
+    if (stage.bytes() < bytes) stage = cuda::DeviceBuffer(bytes);
+    py::gil_scoped_release nogil;
+    cuda::copy_to_device_staged(stage.as<void>(), host, bytes);
+    return stage.as<void>();
+  }
+
+  std::unique_ptr<cuda::TrainPlan> plan_;
+  LossKind loss_ = LossKind::cross_entropy;
+  OptimizerKind optimizer_ = OptimizerKind::sgd;
+  int64_t groups_ = 1, in_features_ = 0, out_features_ = 0, batch_ = 0;
+  std::vector<std::string> names_;
+  std::vector<int64_t> slot_group_;
+  std::vector<py::object> keep_alive_;  // every DeviceArray the plan points into
+  cuda::DeviceBuffer x_stage_, t_stage_;  // host batches land here
+  py::object stage_keep_;
+  bool busy_ = false, updated_ = false;
+  double grad_norm_ = 0;
+  int64_t correct_ = 0;
+};
+#endif
+
+}  // namespace
+
+void bind_plan(py::module_& m) {
+  py::class_<TrainPlanEntry>(m, "TrainPlan",
+                             "The whole training step of a chain of Linear(+activation) layers in one native call, "
+                             "on the model's own arrays; the workspace grows with the batch and is reused.")
+      .def(py::init<const py::sequence&, const py::sequence&, const std::string&, const std::string&, double,
+                    const std::string&, int64_t>(),
+           "layers"_a, "params"_a, py::kw_only(), "loss"_a, "optimizer"_a, "label_smoothing"_a = 0.0,
+           "reduction"_a = "mean", "groups"_a = 1)
+      .def("step", &TrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0)
+      .def("run_batches", &TrainPlanEntry::run_batches, "x"_a, "target"_a, "order"_a, "batch_size"_a, "first_batch"_a,
+           "n_batches"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0, "lrs"_a = py::none())
+      .def_property_readonly("batches_done", &TrainPlanEntry::batches_done)
+      .def("loss_grad", &TrainPlanEntry::loss_grad)
+      .def_property_readonly("allocations", &TrainPlanEntry::allocations)
+      .def_property_readonly("capacity", &TrainPlanEntry::capacity)
+      .def_property_readonly("steps", &TrainPlanEntry::steps)
+      .def_property_readonly("updated", &TrainPlanEntry::updated)
+      .def_property_readonly("correct", &TrainPlanEntry::correct)
+      .def_property_readonly("grad_norm", &TrainPlanEntry::grad_norm);
+#if FUSEPROP_CUDA_COMPILED
+  py::class_<CudaTrainPlanEntry>(m, "CudaTrainPlan",
+                                 "TrainPlan on the GPU: the model's parameters, gradients and optimizer state are DeviceArrays")
+      .def(py::init<const py::sequence&, const py::sequence&, const std::string&, const std::string&, double,
+                    const std::string&, int64_t, bool, bool>(),
+           "layers"_a, "params"_a, py::kw_only(), "loss"_a, "optimizer"_a, "label_smoothing"_a = 0.0,
+           "reduction"_a = "mean", "groups"_a = 1, "tf32"_a = true, "fused"_a = true)
+      .def("step", &CudaTrainPlanEntry::step, "x"_a, "target"_a, "hyper"_a, "steps"_a, "max_grad_norm"_a = 0.0)
+      .def("forward", &CudaTrainPlanEntry::forward, "x"_a)
+      .def_property_readonly("allocations", &CudaTrainPlanEntry::allocations)
+      .def_property_readonly("capacity", &CudaTrainPlanEntry::capacity)
+      .def_property_readonly("steps", &CudaTrainPlanEntry::steps)
+      .def_property_readonly("fused", &CudaTrainPlanEntry::fused)
+      .def_property_readonly("updated", &CudaTrainPlanEntry::updated)
+      .def_property_readonly("correct", &CudaTrainPlanEntry::correct)
+      .def_property_readonly("grad_norm", &CudaTrainPlanEntry::grad_norm);
+#endif
+}
+
+}  // namespace fuseprop::bindings

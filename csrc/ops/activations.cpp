@@ -30,7 +30,7 @@ void activation_backward(T* dx, const T* dy, const T* x, const T* y, int64_t n, 
 template <typename T>
 static T row_max(const T* x, int64_t C) {
   T m = x[0];
-  for (int64_t c = 1; c < C; ++c) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
+  for (int64_t c = 1; c < C; ++c) m = max_nan(m, x[c]);
   return m;
 }
 

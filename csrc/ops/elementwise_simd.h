@@ -9,17 +9,14 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "ops/optim_math.h"
+
 #ifndef FUSEPROP_SIMD_NS
 #error "define FUSEPROP_SIMD_NS before including elementwise_simd.h"
 #endif
 
 namespace fuseprop {
 namespace FUSEPROP_SIMD_NS {
-
-// Builtins, not std:: functions: an out-of-line copy of an inline std:: function compiled here with
-// wide-vector flags could be the one the linker keeps for the baseline code too.
-inline float square_root(float v) { return __builtin_sqrtf(v); }
-inline double square_root(double v) { return __builtin_sqrt(v); }
 
 // Elements updated between finiteness tests: small enough that the test reads them from L1.
 constexpr int64_t kCheckBlock = 2048;
@@ -39,37 +36,30 @@ bool any_nonfinite(const T* a, int64_t n) {
   return bad != 0;
 }
 
-// SGD over [0, n): see sgd_step (optim.h). The configuration is a set of template parameters, so
-// each loop has no branch and vectorises; the bindings have checked that no two arrays overlap.
+// SGD over [0, n): sgd_update (ops/optim_math.h) per element, force-inlined, so no copy of it compiled
+// with this file's flags exists outside this namespace's loops. The configuration is a set of template
+// parameters, so each loop has no branch and vectorises; the bindings have checked that no two arrays overlap.
 template <typename T, bool Decay, bool Momentum, bool Nesterov, bool FirstStep>
 void sgd_range(T* __restrict param, T* __restrict buf, const T* __restrict grad, int64_t n, T lr, T momentum,
                T dampening, T weight_decay) {
   for (int64_t i = 0; i < n; ++i) {
-    T d = grad[i];
-    if (Decay) d += weight_decay * param[i];
-    if (Momentum) {
-      const T b = FirstStep ? d : momentum * buf[i] + (T(1) - dampening) * d;
-      buf[i] = b;
-      d = Nesterov ? d + momentum * b : b;
-    }
-    param[i] -= lr * d;
+    T b = Momentum && !FirstStep ? buf[i] : T(0);
+    param[i] = sgd_update(param[i], grad[i], b, lr, momentum, dampening, weight_decay, Decay, Momentum, Nesterov,
+                          FirstStep);
+    if (Momentum) buf[i] = b;
   }
 }
 
-// Adam over [0, n): see adam_step (optim.h)
+// Adam over [0, n): adam_update (ops/optim_math.h) per element, as sgd_range
 template <typename T, bool Decoupled, bool Decay>
 void adam_range(T* __restrict param, T* __restrict exp_avg, T* __restrict exp_avg_sq, const T* __restrict grad,
                 int64_t n, T beta1, T beta2, T eps, T weight_decay, T decay, T step_size, T bias_correction2_sqrt) {
   for (int64_t i = 0; i < n; ++i) {
-    T p = param[i], g = grad[i];
-    if (Decoupled) p *= decay;
-    else if (Decay) g += weight_decay * p;
-    const T m = beta1 * exp_avg[i] + (T(1) - beta1) * g;
-    const T v = beta2 * exp_avg_sq[i] + (T(1) - beta2) * g * g;
+    T m = exp_avg[i], v = exp_avg_sq[i];
+    param[i] = adam_update(param[i], grad[i], m, v, beta1, beta2, eps, weight_decay, Decoupled, Decay, decay, step_size,
+                           bias_correction2_sqrt);
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
-    const T denom = square_root(v) / bias_correction2_sqrt + eps;
-    param[i] = p - step_size * (m / denom);  // addcdiv order, as PyTorch
   }
 }
 

@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "ops/activations.h"
+#include "ops/loss_math.h"
 
 namespace fuseprop {
 
@@ -10,13 +10,12 @@ namespace fuseprop {
 template <typename T>
 double cross_entropy_forward_backward(T* dlogits, const T* logits, const int64_t* labels, int64_t B, int64_t C,
                                       T label_smoothing, T grad_scale) {
-  const T off = label_smoothing / T(C);  // q_c for c != label
-  const T on = T(1) - label_smoothing + off;
+  const SmoothedTarget<T> q = smoothed_target(label_smoothing, C);
   double total = 0;
   for (int64_t b = 0; b < B; ++b) {
     const T* x = logits + b * C;
     T m = x[0];
-    for (int64_t c = 1; c < C; ++c) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
+    for (int64_t c = 1; c < C; ++c) m = max_nan(m, x[c]);
     // exp(x_c - m) once: summed for the log-sum-exp and kept in dlogits, where dividing it by the sum
     // gives the softmax (no second exp per element).
     T sum = 0, sum_x = 0;
@@ -29,11 +28,9 @@ double cross_entropy_forward_backward(T* dlogits, const T* logits, const int64_t
     }
     const T lse = m + std::log(sum);
     const int64_t y = labels[b];
-    // -sum_c q_c (x_c - lse) = lse - (1-eps) x_y - (eps/C) sum_c x_c
-    total += double(lse) - double(T(1) - label_smoothing) * double(x[y]);
-    if (label_smoothing != T(0)) total -= double(off) * double(sum_x);  // skipped at 0: 0 * (-inf) would be NaN
+    ce_row_loss_add(total, lse, x[y], sum_x, label_smoothing, q);
     if (d)
-      for (int64_t c = 0; c < C; ++c) d[c] = (d[c] / sum - (c == y ? on : off)) * grad_scale;
+      for (int64_t c = 0; c < C; ++c) d[c] = ce_grad(d[c] / sum, c == y, q, grad_scale);
   }
   return total;
 }
@@ -44,8 +41,8 @@ double mse_forward_backward(T* dpred, const T* pred, const T* target, int64_t n,
   double total = 0;
   for (int64_t i = 0; i < n; ++i) {
     const T d = pred[i] - target[i];
-    total += double(d) * double(d);
-    if (dpred) dpred[i] = T(2) * d * grad_scale;
+    total += mse_value(d);
+    if (dpred) dpred[i] = mse_grad(d, grad_scale);
   }
   return total;
 }
@@ -56,9 +53,8 @@ double bce_with_logits_forward_backward(T* dlogits, const T* logits, const T* ta
   double total = 0;
   for (int64_t i = 0; i < n; ++i) {
     const T x = logits[i], t = target[i];
-    const T relu_x = x > T(0) ? x : T(0);
-    total += double(relu_x - x * t + std::log1p(std::exp(-std::fabs(x))));
-    if (dlogits) dlogits[i] = (act_forward<Activation::sigmoid>(x, T(0)) - t) * grad_scale;
+    total += double(bce_with_logits_value(x, t));
+    if (dlogits) dlogits[i] = bce_with_logits_grad(x, t, grad_scale);
   }
   return total;
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/elementwise_kernels.h"
+#include "ops/optim_math.h"
 #include "core/threads.h"
 
 namespace fuseprop {
@@ -27,12 +28,8 @@ bool sgd_step(T* param, T* momentum_buffer, const T* grad, int64_t n, T lr, T mo
 template <typename T>
 bool adam_step(T* param, T* exp_avg, T* exp_avg_sq, const T* grad, int64_t n, T lr, T beta1, T beta2, T eps,
                T weight_decay, bool decoupled_weight_decay, int64_t step) {
-  // Scalars in double, as PyTorch computes them in Python floats.
-  const double bias_correction1 = 1.0 - std::pow(double(beta1), double(step));
-  const double bias_correction2 = 1.0 - std::pow(double(beta2), double(step));
-  const T step_size = T(double(lr) / bias_correction1);
-  const T bias_correction2_sqrt = T(std::sqrt(bias_correction2));
-  const T decay = T(1.0 - double(lr) * double(weight_decay));
+  const AdamScalars s = adam_scalars(double(lr), double(beta1), double(beta2), double(weight_decay), step);
+  const T step_size = T(s.step_size), bias_correction2_sqrt = T(s.bias_correction2_sqrt), decay = T(s.decay);
   const ElementwiseKernels<T>& kern = elementwise_kernels(T{});
   std::atomic<bool> nonfinite{false};
   parallel_for(n, 8, [&](int64_t begin, int64_t end) {

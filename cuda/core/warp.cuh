@@ -5,13 +5,13 @@
 #include <cstdint>
 
 #include "cuda/core/launch.cuh"  // kThreads
+#include "ops/activation_math.h"  // max_nan
 
 namespace fuseprop::cuda {
 
 __device__ __forceinline__ float warp_max(float v) {  // NaN wins, as in the CPU kernel
   for (int o = 16; o > 0; o /= 2) {
-    const float w = __shfl_xor_sync(0xffffffffu, v, o);
-    v = (w > v || w != w) ? w : v;
+    v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
   }
   return v;
 }

@@ -2,8 +2,7 @@
 
 #include <cuda_runtime.h>
 
-#include "cuda/ops/activation_math_cuda.cuh"
-#include "ops/activations.h"  // FUSEPROP_DISPATCH_ACTIVATION
+#include "ops/activation_math.h"
 #include "cuda/core/launch.cuh"
 
 namespace fuseprop::cuda {

@@ -4,10 +4,10 @@
 
 #include <algorithm>
 
-#include "cuda/ops/activation_math_cuda.cuh"
 #include "cuda/core/launch.cuh"
 #include "cuda/plan/step_checks.h"  // sum_fixed_order
 #include "cuda/core/warp.cuh"
+#include "ops/loss_math.h"
 
 namespace fuseprop::cuda {
 
@@ -23,7 +23,7 @@ __global__ void cross_entropy_row_kernel(float* dlogits, double* row_loss, const
   if (b >= B) return;  // a whole warp leaves together, so the shuffles below see full warps
   const float* x = logits + b * C;
   float m = x[0];
-  for (int64_t c = lane; c < C; c += 32) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
+  for (int64_t c = lane; c < C; c += 32) m = max_nan(m, x[c]);
   m = warp_max(m);
   float sum = 0.f, sum_x = 0.f;
   for (int64_t c = lane; c < C; c += 32) {
@@ -40,16 +40,13 @@ __global__ void cross_entropy_row_kernel(float* dlogits, double* row_loss, const
     for (int64_t c = lane; c < C; c += 32) d[c] = 0.f;
     return;
   }
-  const float off = label_smoothing / float(C);  // q_c for c != label
-  const float on = 1.f - label_smoothing + off;
+  const SmoothedTarget<float> q = smoothed_target(label_smoothing, C);
   if (lane == 0) {
-    // -sum_c q_c (x_c - lse) = lse - (1-eps) x_y - (eps/C) sum_c x_c; the last term skipped at eps = 0,
-    // where 0 * (-inf) would be NaN
-    double loss = double(lse) - double(1.f - label_smoothing) * double(x[y]);
-    if (label_smoothing != 0.f) loss -= double(off) * double(sum_x);
+    double loss = -0.0;  // the identity of +: the first term lands unchanged
+    ce_row_loss_add(loss, lse, x[y], sum_x, label_smoothing, q);
     row_loss[b] = loss;
   }
-  for (int64_t c = lane; c < C; c += 32) d[c] = (expf(x[c] - lse) - (c == y ? on : off)) * grad_scale;
+  for (int64_t c = lane; c < C; c += 32) d[c] = ce_grad(expf(x[c] - lse), c == y, q, grad_scale);
 }
 
 // (v, i) becomes the row's argmax candidate: at == C means none yet, i == C is no candidate.
@@ -87,12 +84,11 @@ __global__ void elementwise_loss_kernel(double* partial, float* grad, const floa
   for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads) {
     if (L == Elementwise::mse) {
       const float d = x[i] - t[i];
-      acc += double(d) * double(d);
-      grad[i] = 2.f * d * grad_scale;
+      acc += mse_value(d);
+      grad[i] = mse_grad(d, grad_scale);
     } else {
-      const float v = x[i], relu = v > 0.f ? v : 0.f;
-      acc += double(relu - v * t[i] + log1pf(expf(-fabsf(v))));
-      grad[i] = (act_forward<Activation::sigmoid>(v, 0.f) - t[i]) * grad_scale;
+      acc += double(bce_with_logits_value(x[i], t[i]));
+      grad[i] = bce_with_logits_grad(x[i], t[i], grad_scale);
     }
   }
   s[threadIdx.x] = acc;

@@ -6,9 +6,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "cuda/ops/activation_math_cuda.cuh"
 #include "cuda/ops/activations_cuda.h"
-#include "ops/activations.h"  // FUSEPROP_DISPATCH_ACTIVATION
+#include "ops/activation_math.h"
 #include "cuda/core/launch.cuh"
 
 namespace fuseprop::cuda {

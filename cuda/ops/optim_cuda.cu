@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "cuda/core/launch.cuh"
+#include "ops/optim_math.h"
 
 namespace fuseprop::cuda {
 
@@ -15,15 +16,12 @@ __global__ void sgd_kernel(float* param, float* buf, const float* grad, int64_t 
                            float dampening, bool nesterov, float weight_decay, bool first_step,
                            const int32_t* skip) {
   if (skip && *skip) return;
+  const bool use_momentum = momentum != 0.f;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float d = grad[i];
-    if (weight_decay != 0.f) d += weight_decay * param[i];
-    if (momentum != 0.f) {
-      const float b = first_step ? d : momentum * buf[i] + (1.f - dampening) * d;
-      buf[i] = b;
-      d = nesterov ? d + momentum * b : b;
-    }
-    param[i] -= lr * d;
+    float b = use_momentum && !first_step ? buf[i] : 0.f;
+    param[i] = sgd_update(param[i], grad[i], b, lr, momentum, dampening, weight_decay, weight_decay != 0.f, use_momentum,
+                          nesterov, first_step);
+    if (use_momentum) buf[i] = b;
   }
 }
 
@@ -33,15 +31,11 @@ __global__ void adam_kernel(float* param, float* exp_avg, float* exp_avg_sq, con
                             float bias_correction2_sqrt, const int32_t* skip) {
   if (skip && *skip) return;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float p = param[i], g = grad[i];
-    if (decoupled) p *= decay;
-    else if (weight_decay != 0.f) g += weight_decay * p;
-    const float m = beta1 * exp_avg[i] + (1.f - beta1) * g;
-    const float v = beta2 * exp_avg_sq[i] + (1.f - beta2) * g * g;
+    float m = exp_avg[i], v = exp_avg_sq[i];
+    param[i] = adam_update(param[i], grad[i], m, v, beta1, beta2, eps, weight_decay, decoupled, weight_decay != 0.f, decay,
+                           step_size, bias_correction2_sqrt);
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
-    const float denom = sqrtf(v) / bias_correction2_sqrt + eps;
-    param[i] = p - step_size * (m / denom);  // addcdiv order, as PyTorch
   }
 }
 
@@ -58,14 +52,10 @@ void sgd_step(float* param, float* momentum_buffer, const float* grad, int64_t n
 void adam_step(float* param, float* exp_avg, float* exp_avg_sq, const float* grad, int64_t n, float lr, float beta1,
                float beta2, float eps, float weight_decay, bool decoupled_weight_decay, int64_t step, const int32_t* skip) {
   if (n == 0) return;
-  // Scalars in double, as PyTorch computes them in Python floats (and as csrc/optim.cpp).
-  const double bias_correction1 = 1.0 - std::pow(double(beta1), double(step));
-  const double bias_correction2 = 1.0 - std::pow(double(beta2), double(step));
-  const float step_size = float(double(lr) / bias_correction1);
-  const float bias_correction2_sqrt = float(std::sqrt(bias_correction2));
-  const float decay = float(1.0 - double(lr) * double(weight_decay));
+  const AdamScalars s = adam_scalars(double(lr), double(beta1), double(beta2), double(weight_decay), step);
   adam_kernel<<<grid_1d(n), kThreads>>>(param, exp_avg, exp_avg_sq, grad, n, beta1, beta2, eps, weight_decay,
-                                        decoupled_weight_decay, decay, step_size, bias_correction2_sqrt, skip);
+                                        decoupled_weight_decay, float(s.decay), float(s.step_size),
+                                        float(s.bias_correction2_sqrt), skip);
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 

@@ -18,10 +18,10 @@
 
 #include <cmath>
 
-#include "cuda/ops/activation_math_cuda.cuh"
-#include "ops/activations.h"  // FUSEPROP_DISPATCH_ACTIVATION
 #include "cuda/core/launch.cuh"
 #include "cuda/core/warp.cuh"
+#include "ops/activation_math.h"
+#include "ops/loss_math.h"
 
 namespace fuseprop::cuda {
 
@@ -87,7 +87,7 @@ struct NetArgs {
 };
 
 // act(z) and act'(z) for an activation known only at run time (it changes from layer to layer): a switch that
-// every thread of the block takes the same way, around the formulas of activation_math.cuh.
+// every thread of the block takes the same way, around the formulas of ops/activation_math.h.
 __device__ __forceinline__ float act_forward_rt(Activation act, float z, float slope) {
   FUSEPROP_DISPATCH_ACTIVATION(act, A, return act_forward<A>(z, slope));
   return z;
@@ -209,7 +209,7 @@ __device__ void loss_tile(Smem& s, float* dz, const float* logits, const int64_t
   for (int r = warp; r < rows; r += kFusedThreads / 32) {  // r is the same for the whole warp
     const float* x = logits + int64_t(r) * C;
     float m = x[0];
-    for (int c = lane; c < C; c += 32) m = (x[c] > m || x[c] != x[c]) ? x[c] : m;
+    for (int c = lane; c < C; c += 32) m = max_nan(m, x[c]);
     m = warp_max(m);
     float sum = 0.f, sum_x = 0.f;
     float best = x[0];
@@ -228,18 +228,15 @@ __device__ void loss_tile(Smem& s, float* dz, const float* logits, const int64_t
     }
     const float lse = m + logf(sum);
     const int64_t y = labels[r];
-    const float off = label_smoothing / float(C);  // q_c for c != label
-    const float on = 1.f - label_smoothing + off;
+    const SmoothedTarget<float> q = smoothed_target(label_smoothing, C);
     if (lane == 0) {
-      // -sum_c q_c (x_c - lse) = lse - (1-eps) x_y - (eps/C) sum_c x_c; the last term skipped at eps = 0,
-      // where 0 * (-inf) would be NaN
-      double loss = double(lse) - double(1.f - label_smoothing) * double(x[y]);
-      if (label_smoothing != 0.f) loss -= double(off) * double(sum_x);
+      double loss = -0.0;  // the identity of +: the first term lands unchanged
+      ce_row_loss_add(loss, lse, x[y], sum_x, label_smoothing, q);
       s.row_loss[r] = loss;
       s.row_hit[r] = best_c == y;
     }
     float* d = dz + int64_t(r) * C;
-    for (int c = lane; c < C; c += 32) d[c] = (expf(x[c] - lse) - (c == y ? on : off)) * grad_scale;
+    for (int c = lane; c < C; c += 32) d[c] = ce_grad(expf(x[c] - lse), c == y, q, grad_scale);
   }
   __syncthreads();
 }

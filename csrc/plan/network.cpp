@@ -1,6 +1,5 @@
 #include "plan/network.h"
 
-#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <utility>
@@ -45,34 +44,21 @@ int64_t count_correct(const T* logits, const int64_t* labels, int64_t B, int64_t
 template <typename T>
 TrainPlan<T>::TrainPlan(std::vector<DenseLayer<T>> layers, std::vector<ParamSlot<T>> params, LossSpec loss,
                         OptimizerKind optimizer)
-    : layers_(std::move(layers)), params_(std::move(params)), loss_(loss), optimizer_(optimizer) {
-  // Workspace row: z, y (unless identity), dy of every layer, then one dz shared by all backward calls.
-  int64_t at = 0, widest = 0;
-  for (const auto& L : layers_) {
-    z_at_.push_back(at);
-    at += L.out;
-    y_at_.push_back(L.act == Activation::identity ? z_at_.back() : at);
-    if (L.act != Activation::identity) at += L.out;
-    dy_at_.push_back(at);
-    at += L.out;
-    widest = std::max(widest, L.out);
-  }
-  dz_at_ = at;
-  row_elements_ = at + widest;
-}
+    : layers_(std::move(layers)), params_(std::move(params)), loss_(loss), optimizer_(optimizer),
+      layout_(plan_layout(layers_)) {}
 
 // z, y, dy of layer i (B, OUT)
 template <typename T>
 typename TrainPlan<T>::Buffers TrainPlan<T>::buffers(size_t i, int64_t B) {
   T* base = workspace_.data();
-  return {base + B * z_at_[i], base + B * y_at_[i], base + B * dy_at_[i]};
+  return {base + B * layout_.z_at[i], base + B * layout_.y_at[i], base + B * layout_.dy_at[i]};
 }
 
 // The workspace grows to B rows when B exceeds the capacity; a smaller batch uses a prefix of it.
 template <typename T>
 void TrainPlan<T>::reserve(int64_t B) {
   if (B <= capacity_) return;
-  workspace_ = std::vector<T>(static_cast<size_t>(B * row_elements_));
+  workspace_ = std::vector<T>(static_cast<size_t>(B * layout_.row_elements));
   capacity_ = B;
   ++allocations_;
 }
@@ -81,7 +67,7 @@ void TrainPlan<T>::reserve(int64_t B) {
 template <typename T>
 const T* TrainPlan<T>::loss_grad() const {
   const size_t last = layers_.size() - 1;
-  return workspace_.data() + last_batch_ * dy_at_[last];
+  return workspace_.data() + last_batch_ * layout_.dy_at[last];
 }
 
 // x (B, IN_0); labels (B) or target (B, OUT_last): one training step
@@ -124,7 +110,7 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
   if (!std::isfinite(loss)) return {StepStatus::loss_not_finite, loss, 0, correct, -1};
 
   // Backward: dw_i += dz_i^T y_{i-1}, db_i += sum dz_i, dy_{i-1} = dz_i w_i; the first layer's dx is not needed.
-  T* dz = workspace_.data() + B * dz_at_;
+  T* dz = workspace_.data() + B * layout_.dz_at;
   for (size_t i = L; i-- > 0;) {
     const auto& l = layers_[i];
     const Buffers buf = buffers(i, B);

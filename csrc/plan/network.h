@@ -49,6 +49,34 @@ struct ParamSlot {
   int64_t step;  // SGD: 1 on the momentum buffer's first update; Adam: counts this update, from 1
 };
 
+// Where a plan keeps each layer's activations and gradients for a batch of B rows, in elements per
+// row (layer i's z starts at B * z_at[i], and so on): z, y (unless the identity, whose y is its z) and
+// dy of every layer, then one dz (the widest layer's) that every backward call shares. The CPU plan
+// and the CUDA plan (cuda/plan/train_plan.h) lay out their workspaces with it.
+struct PlanLayout {
+  std::vector<int64_t> z_at, y_at, dy_at;  // per layer
+  int64_t dz_at = 0;
+  int64_t row_elements = 0;  // the workspace's elements per batch row
+};
+
+template <typename T>
+PlanLayout plan_layout(const std::vector<DenseLayer<T>>& layers) {
+  PlanLayout p;
+  int64_t at = 0, widest = 0;
+  for (const auto& L : layers) {
+    p.z_at.push_back(at);
+    at += L.out;
+    p.y_at.push_back(L.act == Activation::identity ? p.z_at.back() : at);
+    if (L.act != Activation::identity) at += L.out;
+    p.dy_at.push_back(at);
+    at += L.out;
+    widest = L.out > widest ? L.out : widest;
+  }
+  p.dz_at = at;
+  p.row_elements = at + widest;
+  return p;
+}
+
 struct LossSpec {
   LossKind kind;
   double label_smoothing;  // cross-entropy only
@@ -86,7 +114,7 @@ class TrainPlan {
   const T* loss_grad() const;
   int64_t out_features() const { return layers_.back().out; }
   // Workspace elements per batch row (for the caller's overflow check).
-  int64_t row_elements() const { return row_elements_; }
+  int64_t row_elements() const { return layout_.row_elements; }
   int64_t last_batch() const { return last_batch_; }
   int64_t capacity() const { return capacity_; }
   int64_t allocations() const { return allocations_; }
@@ -107,9 +135,7 @@ class TrainPlan {
   std::vector<ParamSlot<T>> params_;
   LossSpec loss_;
   OptimizerKind optimizer_;
-  // Per layer, where its z, y and dy start, in elements per batch row; dz (max OUT) comes last.
-  std::vector<int64_t> z_at_, y_at_, dy_at_;
-  int64_t dz_at_ = 0, row_elements_ = 0;
+  PlanLayout layout_;
   std::vector<T> workspace_;
   int64_t capacity_ = 0, allocations_ = 0, steps_ = 0, last_batch_ = 0;
 };

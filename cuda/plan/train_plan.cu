@@ -30,24 +30,12 @@ TrainPlan::TrainPlan(std::vector<DenseLayer<float>> layers, std::vector<ParamSlo
   for (const auto& l : layers_) fused_layers_.push_back({l.w, l.b, l.dw, l.db, l.in, l.out, l.act, l.slope});
   fused_ = allow_fused && loss_.kind == LossKind::cross_entropy &&
            fused_mlp_supported(fused_layers_.data(), int(fused_layers_.size()));
-  int64_t at = 0, widest = 0;
-  for (const auto& l : layers_) {
-    z_at_.push_back(at);
-    at += l.out;
-    // The identity's y is its z: nothing to keep twice.
-    y_at_.push_back(l.act == Activation::identity ? z_at_.back() : at);
-    if (l.act != Activation::identity) at += l.out;
-    dy_at_.push_back(at);
-    at += l.out;
-    widest = std::max(widest, l.out);
-  }
-  dz_at_ = at;
-  row_floats_ = at + widest;
+  layout_ = plan_layout(layers_);
 }
 
 TrainPlan::Buffers TrainPlan::buffers(size_t i, int64_t B) const {
   float* base = floats_.as<float>();
-  return {base + B * z_at_[i], base + B * y_at_[i], base + B * dy_at_[i]};
+  return {base + B * layout_.z_at[i], base + B * layout_.y_at[i], base + B * layout_.dy_at[i]};
 }
 
 void TrainPlan::reserve(int64_t B) {
@@ -66,7 +54,7 @@ void TrainPlan::reserve(int64_t B) {
 void TrainPlan::reserve_layers(int64_t B) {
   if (B <= layer_capacity_) return;
   floats_ = DeviceBuffer();
-  floats_ = DeviceBuffer(size_t(B * row_floats_) * sizeof(float));
+  floats_ = DeviceBuffer(size_t(B * layout_.row_elements) * sizeof(float));
   layer_capacity_ = B;
   ++allocations_;
 }
@@ -119,7 +107,7 @@ StepResult TrainPlan::step(const float* x, const int64_t* labels, const float* t
     }
     // Backward: the kernels add into dw and db, so the gradients start from zero.
     for (const auto& p : params_) fill_zero(p.grad, size_t(p.n) * sizeof(float));
-    float* dz = floats_.as<float>() + B * dz_at_;
+    float* dz = floats_.as<float>() + B * layout_.dz_at;
     for (size_t i = L; i-- > 0;) {
       const auto& l = layers_[i];
       const Buffers buf = buffers(i, B);

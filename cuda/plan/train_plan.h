@@ -53,9 +53,8 @@ class TrainPlan {
   OptimizerKind optimizer_;
   bool tf32_;
   bool fused_ = false;
-  std::vector<int64_t> z_at_, y_at_, dy_at_;  // per layer, in floats per batch row
-  int64_t dz_at_ = 0, row_floats_ = 0;
-  DeviceBuffer floats_;   // layer_capacity_ * row_floats_ floats
+  PlanLayout layout_;     // the CPU plan's, in floats
+  DeviceBuffer floats_;   // layer_capacity_ * layout_.row_elements floats
   DeviceBuffer doubles_;  // row losses (capacity_), partial sums, per-parameter squared norms
   DeviceBuffer flags_;    // one StepFlags
   DeviceBuffer labels_;   // capacity_ checked labels (cuda/step_checks.h)

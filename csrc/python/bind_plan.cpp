@@ -159,6 +159,185 @@ void raise_for_status(const StepResult& result, const std::vector<std::string>& 
   }
 }
 
+// The protocol TrainPlan and CudaTrainPlan are built with, parsed once for both:
+//   layers [(activation, negative_slope, has_bias)], one per Linear layer, in order;
+//   params [(name, data, grad, state_a, state_b, group)] in the model's order: each layer's weight (OUT,IN),
+//     then its bias (OUT,) when it has one. state_a: SGD's momentum_buffer (None without momentum) or
+//     Adam's exp_avg; state_b: Adam's exp_avg_sq (None for SGD); group in [0, groups).
+// parse_plan_spec checks every entry, in order, and hands each backend's arrays (numpy arrays for
+// TrainPlan, DeviceArrays for CudaTrainPlan) to its Arrays, which checks them as that backend needs:
+//   param(name, data, grad)          one parameter's data and grad: type, dtype, layout, writeable, one shape
+//   state(which, state_name, obj)    its state_a (0) or state_b (1), given (not None): as data
+//   check_no_overlap()               no two of the arrays above share memory
+//   check_weight(slot, name)         a weight: 2-D, at least one row and one column
+//   shape(slot)                      the shape of a parameter's data
+struct PlanSpec {
+  struct Layer {
+    Activation act;
+    double slope;
+    size_t weight;               // its weight's slot (params' index)
+    std::optional<size_t> bias;  // its bias's slot
+    int64_t in, out;
+  };
+  LossKind loss = LossKind::cross_entropy;
+  OptimizerKind optimizer = OptimizerKind::sgd;
+  LossSpec loss_spec{};
+  int64_t groups = 1;
+  std::vector<Layer> layers;
+  std::vector<std::string> names;      // per parameter, for messages
+  std::vector<int64_t> slot_group;     // per parameter, its param group
+  std::vector<py::object> keep_alive;  // every array the plan points into
+  int64_t in_features = 0, out_features = 0;
+  bool sgd() const { return optimizer == OptimizerKind::sgd; }
+};
+
+template <typename Arrays>
+PlanSpec parse_plan_spec(const py::sequence& layers, const py::sequence& params, const std::string& loss,
+                         const std::string& optimizer, double label_smoothing, const std::string& reduction,
+                         int64_t groups, Arrays& arrays) {
+  PlanSpec s;
+  const PlanKinds kinds = parse_plan_kinds(layers, loss, optimizer, label_smoothing, reduction, groups);
+  s.loss = kinds.loss;
+  s.optimizer = kinds.optimizer;
+  s.loss_spec = LossSpec{kinds.loss, label_smoothing, kinds.mean};
+  s.groups = groups;
+
+  const bool adam = !s.sgd();
+  for (const py::handle item : params) {
+    const py::tuple entry = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
+    if (entry.size() != 6) throw py::value_error("each params entry must be (name, data, grad, state_a, state_b, group)");
+    const std::string name = entry[0].cast<std::string>();
+    arrays.param(name, entry[1], entry[2]);
+    auto state = [&](int which, const py::handle obj, const char* key, bool required) {
+      const std::string state_name = cat("state '", key, "' of ", name);
+      if (obj.is_none()) {
+        if (required) throw py::value_error(cat(state_name, " is required"));
+        return;
+      }
+      arrays.state(which, state_name, obj);
+    };
+    state(0, entry[3], adam ? "exp_avg" : "momentum_buffer", adam);
+    if (!adam && !entry[4].is_none()) throw py::value_error(cat("SGD keeps one state array per parameter: state_b of ", name, " must be None"));
+    state(1, entry[4], "exp_avg_sq", adam);
+    const int64_t group = entry[5].cast<int64_t>();
+    if (group < 0 || group >= groups) throw py::value_error(cat("the group of ", name, " must be in [0, ", groups, "), got ", group));
+    s.names.push_back(name);
+    s.slot_group.push_back(group);
+    for (int k = 1; k <= 4; ++k) s.keep_alive.push_back(entry[k]);
+  }
+  arrays.check_no_overlap();
+
+  // Each layer takes the next weight (OUT,IN) whose IN is the OUT before, then its bias (OUT,).
+  const size_t n = s.names.size();
+  size_t next = 0;
+  for (const py::handle item : layers) {
+    const LayerEntry layer = parse_layer_entry(item);
+    if (next + (layer.has_bias ? 2 : 1) > n)
+      throw py::value_error(cat("params has ", n, " entries, fewer than the layers' weights and biases"));
+    const size_t w = next++;
+    arrays.check_weight(w, s.names[w]);
+    const std::vector<int64_t> ws = arrays.shape(w);
+    if (!s.layers.empty() && ws[1] != s.out_features)
+      throw py::value_error(cat(s.names[w], " has shape ", dims_str(ws), ": its in_features must be ", s.out_features,
+                                ", the out_features of the layer before"));
+    if (s.layers.empty()) s.in_features = ws[1];
+    s.out_features = ws[0];
+    std::optional<size_t> bias;
+    if (layer.has_bias) {
+      bias = next++;
+      const std::vector<int64_t> bs = arrays.shape(*bias);
+      if (bs != std::vector<int64_t>{s.out_features})
+        throw py::value_error(cat(s.names[*bias], " must have shape ", dims_str({s.out_features}), ", got ", dims_str(bs)));
+    }
+    s.layers.push_back({layer.act, layer.slope, w, bias, ws[1], ws[0]});
+  }
+  if (next != n) throw py::value_error(cat("params has ", n, " entries; the layers take ", next));
+  return s;
+}
+
+// A plan's layers over its parameter slots (the pointers each backend's arrays gave).
+template <typename T>
+std::vector<DenseLayer<T>> dense_layers(const PlanSpec& s, const std::vector<ParamSlot<T>>& slots) {
+  std::vector<DenseLayer<T>> dense;
+  for (const PlanSpec::Layer& l : s.layers) {
+    const ParamSlot<T>& w = slots[l.weight];
+    dense.push_back({w.param, l.bias ? slots[*l.bias].param : nullptr, w.grad, l.bias ? slots[*l.bias].grad : nullptr,
+                     l.in, l.out, l.act, T(l.slope)});
+  }
+  return dense;
+}
+
+// hyper and steps (see parse_hyper, apply_hyper) into the plan's slots, everything checked first.
+template <typename T>
+void set_hyper(std::vector<ParamSlot<T>>& slots, const PlanSpec& s, const py::sequence& hyper, const py::sequence& steps) {
+  const std::vector<OptimizerHyper> group_hyper = parse_hyper(hyper, s.groups, s.sgd());
+  apply_hyper(slots, steps, s.names, s.slot_group, group_hyper, s.sgd());
+}
+
+// What a step leaves for the properties both plans have, and the guard against two steps at once.
+struct StepState {
+  bool busy = false;     // a step runs (without the GIL): a second one must not start
+  bool updated = false;  // the last step wrote the update (it may have raised after it)
+  double grad_norm = 0;  // the last clipped step's global gradient norm, before clipping
+  int64_t correct = 0;   // cross-entropy: the last step's rows predicted right (argmax == label)
+  void record(const StepResult& r) {
+    updated = r.status == StepStatus::ok || r.status == StepStatus::param_not_finite;
+    correct = r.correct;
+    grad_norm = r.grad_norm;
+  }
+};
+
+// ---- the CPU plan's arrays: numpy arrays of one float dtype (the first parameter's)
+struct HostArrays {
+  DType dtype = DType::f32;
+  std::vector<py::array> data, grad;
+  std::vector<std::optional<py::array>> state_a, state_b;
+  std::vector<std::pair<py::array, std::string>> written;  // for the overlap check
+
+  void param(const std::string& name, const py::handle data_obj, const py::handle grad_obj) {
+    const std::string grad_name = name + ".grad";
+    if (data.empty()) dtype = float_dtype(as_array(data_obj, name.c_str()), name.c_str());
+    data.push_back(float_inout_like(data_obj, name.c_str(), dtype, "the first parameter"));
+    grad.push_back(float_inout_like(grad_obj, grad_name.c_str(), dtype, "the first parameter"));
+    check_same_shape(grad.back(), grad_name.c_str(), data.back(), name.c_str());
+    written.emplace_back(data.back(), name);
+    written.emplace_back(grad.back(), grad_name);
+    state_a.emplace_back();
+    state_b.emplace_back();
+    names.push_back(name);
+  }
+  void state(int which, const std::string& state_name, const py::handle obj) {
+    py::array a = float_inout_like(obj, state_name.c_str(), dtype, "the parameters");
+    check_same_shape(a, state_name.c_str(), data.back(), names.back().c_str());
+    written.emplace_back(a, state_name);
+    (which == 0 ? state_a : state_b).back() = a;
+  }
+  void check_no_overlap() const {
+    for (size_t i = 0; i < written.size(); ++i)
+      for (size_t j = i + 1; j < written.size(); ++j)
+        bindings::check_no_overlap(written[i].first, written[i].second.c_str(), written[j].first, written[j].second.c_str());
+  }
+  void check_weight(size_t slot, const std::string& name) const {
+    const py::array& w = data[slot];
+    check_ndim(w, name.c_str(), 2);
+    if (w.shape(0) < 1 || w.shape(1) < 1)
+      throw py::value_error(cat(name, " must have at least one row and one column, got shape ", shape_str(w)));
+  }
+  std::vector<int64_t> shape(size_t slot) const { return {data[slot].shape(), data[slot].shape() + data[slot].ndim()}; }
+
+  template <typename T>
+  std::vector<ParamSlot<T>> slots() const {
+    std::vector<ParamSlot<T>> s;
+    for (size_t i = 0; i < data.size(); ++i)
+      s.push_back({ptr<T>(data[i]), ptr<T>(grad[i]), ptr_or_null<T>(state_a[i]), ptr_or_null<T>(state_b[i]),
+                   int64_t(data[i].size()), OptimizerHyper{}, 1});
+    return s;
+  }
+
+ private:
+  std::vector<std::string> names;
+};
+
 // A TrainPlan over a model's own arrays. The constructor checks every array once (dtype, layout,
 // writeability, shapes chaining layer to layer, no two sharing memory) and keeps a reference to each,
 // so the pointers the plan holds stay valid as long as it lives. step() checks the batch, the
@@ -166,98 +345,17 @@ void raise_for_status(const StepResult& result, const std::vector<std::string>& 
 // loss, backward and update in one native call without the GIL.
 class TrainPlanEntry {
  public:
-  // layers [(activation, negative_slope, has_bias)], one per Linear layer, in order.
-  // params [(name, data, grad, state_a, state_b, group)] in the model's order: each layer's weight
-  //   (OUT,IN), then its bias (OUT,) when it has one. state_a: SGD's momentum_buffer (None without
-  //   momentum) or Adam's exp_avg; state_b: Adam's exp_avg_sq (None for SGD); group in [0, groups).
+  // layers, params: see PlanSpec.
   TrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
-                 const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups)
-      : groups_(groups) {
-    const PlanKinds kinds = parse_plan_kinds(layers, loss, optimizer, label_smoothing, reduction, groups);
-    loss_ = kinds.loss;
-    optimizer_ = kinds.optimizer;
-    const bool mean = kinds.mean;
-
-    // Each parameter: data, grad and state of one float dtype and data's shape, writeable, C-contiguous.
-    const bool adam = optimizer_ != OptimizerKind::sgd;
-    std::vector<py::array> data, grad;
-    std::vector<std::optional<py::array>> state_a, state_b;
-    std::vector<std::pair<py::array, std::string>> written;  // for the overlap check
-    for (const py::handle item : params) {
-      const py::tuple entry = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
-      if (entry.size() != 6) throw py::value_error("each params entry must be (name, data, grad, state_a, state_b, group)");
-      const std::string name = entry[0].cast<std::string>(), grad_name = name + ".grad";
-      if (data.empty()) dtype_ = float_dtype(as_array(entry[1], name.c_str()), name.c_str());
-      data.push_back(float_inout_like(entry[1], name.c_str(), dtype_, "the first parameter"));
-      grad.push_back(float_inout_like(entry[2], grad_name.c_str(), dtype_, "the first parameter"));
-      check_same_shape(grad.back(), grad_name.c_str(), data.back(), name.c_str());
-      written.emplace_back(data.back(), name);
-      written.emplace_back(grad.back(), grad_name);
-      auto state = [&](const py::handle obj, const char* key, bool required) -> std::optional<py::array> {
-        const std::string state_name = cat("state '", key, "' of ", name);
-        if (obj.is_none()) {
-          if (required) throw py::value_error(cat(state_name, " is required"));
-          return std::nullopt;
-        }
-        py::array a = float_inout_like(obj, state_name.c_str(), dtype_, "the parameters");
-        check_same_shape(a, state_name.c_str(), data.back(), name.c_str());
-        written.emplace_back(a, state_name);
-        return a;
-      };
-      state_a.push_back(state(entry[3], adam ? "exp_avg" : "momentum_buffer", adam));
-      if (!adam && !entry[4].is_none()) throw py::value_error(cat("SGD keeps one state array per parameter: state_b of ", name, " must be None"));
-      state_b.push_back(state(entry[4], "exp_avg_sq", adam));
-      const int64_t group = entry[5].cast<int64_t>();
-      if (group < 0 || group >= groups) throw py::value_error(cat("the group of ", name, " must be in [0, ", groups, "), got ", group));
-      names_.push_back(name);
-      slot_group_.push_back(group);
-      for (int k = 1; k <= 4; ++k) keep_alive_.push_back(entry[k]);
-    }
-    for (size_t i = 0; i < written.size(); ++i)
-      for (size_t j = i + 1; j < written.size(); ++j)
-        check_no_overlap(written[i].first, written[i].second.c_str(), written[j].first, written[j].second.c_str());
-
-    // Each layer takes the next weight (OUT,IN) whose IN is the OUT before, then its bias (OUT,).
-    struct LayerSpec { Activation act; double slope; size_t weight; std::optional<size_t> bias; };
-    std::vector<LayerSpec> specs;
-    size_t next = 0;
-    for (const py::handle item : layers) {
-      const LayerEntry layer = parse_layer_entry(item);
-      LayerSpec spec{layer.act, layer.slope, next, std::nullopt};
-      const bool has_bias = layer.has_bias;
-      if (next + (has_bias ? 2 : 1) > data.size())
-        throw py::value_error(cat("params has ", data.size(), " entries, fewer than the layers' weights and biases"));
-      const py::array& w = data[next++];
-      check_ndim(w, names_[spec.weight].c_str(), 2);
-      if (w.shape(0) < 1 || w.shape(1) < 1)
-        throw py::value_error(cat(names_[spec.weight], " must have at least one row and one column, got shape ", shape_str(w)));
-      if (!specs.empty() && w.shape(1) != out_features_)
-        throw py::value_error(cat(names_[spec.weight], " has shape ", shape_str(w), ": its in_features must be ",
-                                  out_features_, ", the out_features of the layer before"));
-      if (specs.empty()) in_features_ = w.shape(1);
-      out_features_ = w.shape(0);
-      if (has_bias) {
-        spec.bias = next++;
-        check_shape(data[*spec.bias], names_[*spec.bias].c_str(), {out_features_});
-      }
-      specs.push_back(spec);
-    }
-    if (next != data.size()) throw py::value_error(cat("params has ", data.size(), " entries; the layers take ", next));
-
+                 const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups) {
+    HostArrays arrays;
+    spec_ = parse_plan_spec(layers, params, loss, optimizer, label_smoothing, reduction, groups, arrays);
+    dtype_ = arrays.dtype;
     dispatch(dtype_, [&](auto tag) {
       using T = decltype(tag);
-      std::vector<ParamSlot<T>> slots;
-      for (size_t s = 0; s < data.size(); ++s)
-        slots.push_back({ptr<T>(data[s]), ptr<T>(grad[s]), ptr_or_null<T>(state_a[s]), ptr_or_null<T>(state_b[s]),
-                         int64_t(data[s].size()), OptimizerHyper{}, 1});
-      std::vector<DenseLayer<T>> dense;
-      for (const LayerSpec& l : specs) {
-        const ParamSlot<T>& w = slots[l.weight];
-        dense.push_back({w.param, l.bias ? slots[*l.bias].param : nullptr, w.grad, l.bias ? slots[*l.bias].grad : nullptr,
-                         data[l.weight].shape(1), data[l.weight].shape(0), l.act, T(l.slope)});
-      }
-      plan<T>() = std::make_unique<TrainPlan<T>>(std::move(dense), std::move(slots),
-                                                 LossSpec{loss_, label_smoothing, mean}, optimizer_);
+      std::vector<ParamSlot<T>> slots = arrays.slots<T>();
+      std::vector<DenseLayer<T>> dense = dense_layers(spec_, slots);
+      plan<T>() = std::make_unique<TrainPlan<T>>(std::move(dense), std::move(slots), spec_.loss_spec, spec_.optimizer);
     });
   }
 
@@ -269,50 +367,45 @@ class TrainPlanEntry {
   double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps,
               double max_grad_norm) {
     if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
-    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    if (state_.busy) throw std::runtime_error("TrainPlan.step is already running in another thread");
     py::array x = as_array(x_obj, "x");
     check_dtype(x, "x", dtype_, "the parameters");
     check_layout(x, "x");
     check_ndim(x, "x", 2);
     const int64_t B = x.shape(0);
     if (B == 0) throw py::value_error(cat("train_step needs a non-empty batch, got x of shape ", shape_str(x)));
-    if (x.shape(1) != in_features_)
-      throw py::value_error(cat("x must have ", in_features_, " features in its last dimension, got shape ", shape_str(x)));
+    if (x.shape(1) != spec_.in_features)
+      throw py::value_error(cat("x must have ", spec_.in_features, " features in its last dimension, got shape ", shape_str(x)));
     py::array target;
-    if (loss_ == LossKind::cross_entropy) {
-      target = checked_labels(target_obj, B, out_features_);
+    if (spec_.loss == LossKind::cross_entropy) {
+      target = checked_labels(target_obj, B, spec_.out_features);
     } else {
       target = float_input_like(target_obj, "target", dtype_, "x");
-      if (target.ndim() != 2 || target.shape(0) != B || target.shape(1) != out_features_)
-        throw py::value_error(cat("target must have the same shape as ", loss_ == LossKind::mse ? "pred" : "logits",
-                                  " (", B, ", ", out_features_, "), got ", shape_str(target)));
+      if (target.ndim() != 2 || target.shape(0) != B || target.shape(1) != spec_.out_features)
+        throw py::value_error(cat("target must have the same shape as ", spec_.loss == LossKind::mse ? "pred" : "logits",
+                                  " (", B, ", ", spec_.out_features, "), got ", shape_str(target)));
     }
-    const std::vector<OptimizerHyper> group_hyper = parse_hyper(hyper, groups_, optimizer_ == OptimizerKind::sgd);
-    dispatch(dtype_, [&](auto tag) {
-      apply_hyper(plan<decltype(tag)>()->params(), steps, names_, slot_group_, group_hyper, optimizer_ == OptimizerKind::sgd);
-    });
+    dispatch(dtype_, [&](auto tag) { set_hyper(plan<decltype(tag)>()->params(), spec_, hyper, steps); });
     return dispatch(dtype_, [&](auto tag) -> double {
       using T = decltype(tag);
       TrainPlan<T>& p = *plan<T>();
       if (B > std::numeric_limits<int64_t>::max() / int64_t(sizeof(T)) / p.row_elements())
         throw py::value_error(cat("a batch of ", B, " rows needs a workspace too large to allocate"));
-      const bool labels = loss_ == LossKind::cross_entropy;
+      const bool labels = spec_.loss == LossKind::cross_entropy;
       StepResult result;
-      busy_ = true;
-      updated_ = false;
+      state_.busy = true;
+      state_.updated = false;
       try {
         py::gil_scoped_release nogil;
         result = p.step(ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target), B,
                         max_grad_norm);
       } catch (...) {
-        busy_ = false;
+        state_.busy = false;
         throw;
       }
-      busy_ = false;
-      updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
-      correct_ = result.correct;
-      grad_norm_ = result.grad_norm;
-      raise_for_status(result, names_);
+      state_.busy = false;
+      state_.record(result);
+      raise_for_status(result, spec_.names);
       return result.loss;
     });
   }
@@ -331,17 +424,17 @@ class TrainPlanEntry {
   py::tuple run_batches(const py::handle& x_obj, const py::handle& target_obj, const py::handle& order_obj,
                         int64_t batch_size, int64_t first_batch, int64_t n_batches, const py::sequence& hyper,
                         const py::sequence& steps, double max_grad_norm, const py::handle& lrs_obj) {
-    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    if (state_.busy) throw std::runtime_error("TrainPlan.step is already running in another thread");
     batches_done_ = 0;
     if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
     py::array x = as_array(x_obj, "x");
     check_dtype(x, "x", dtype_, "the parameters");
     check_layout(x, "x");
     check_ndim(x, "x", 2);
-    if (x.shape(1) != in_features_)
-      throw py::value_error(cat("x must have ", in_features_, " features in its last dimension, got shape ", shape_str(x)));
+    if (x.shape(1) != spec_.in_features)
+      throw py::value_error(cat("x must have ", spec_.in_features, " features in its last dimension, got shape ", shape_str(x)));
     const int64_t N = x.shape(0);
-    const bool labels = loss_ == LossKind::cross_entropy;
+    const bool labels = spec_.loss == LossKind::cross_entropy;
     py::array target;
     if (labels) {
       target = as_array(target_obj, "labels");
@@ -351,7 +444,7 @@ class TrainPlanEntry {
       check_shape(target, "labels", {N});
     } else {
       target = float_input_like(target_obj, "target", dtype_, "x");
-      check_shape(target, "target", {N, out_features_});
+      check_shape(target, "target", {N, spec_.out_features});
     }
     std::optional<py::array> order;
     if (!order_obj.is_none()) {
@@ -371,12 +464,12 @@ class TrainPlanEntry {
       lrs = as_array(lrs_obj, "lrs");
       if (!lrs->dtype().equal(py::dtype::of<double>())) throw py::type_error(cat("lrs must have dtype float64, got ", dtype_str(*lrs)));
       check_layout(*lrs, "lrs");
-      check_shape(*lrs, "lrs", {n_batches, groups_});
+      check_shape(*lrs, "lrs", {n_batches, spec_.groups});
       const double* v = ptr<double>(*lrs);
-      for (int64_t i = 0; i < n_batches * groups_; ++i)
+      for (int64_t i = 0; i < n_batches * spec_.groups; ++i)
         if (!(std::isfinite(v[i]) && v[i] >= 0))
-          throw py::value_error(cat("lrs[", i / groups_, ", ", i % groups_, "] (the lr of param group ", i % groups_,
-                                    " in batch ", first_batch + i / groups_, ") must be finite and >= 0, got ", v[i]));
+          throw py::value_error(cat("lrs[", i / spec_.groups, ", ", i % spec_.groups, "] (the lr of param group ", i % spec_.groups,
+                                    " in batch ", first_batch + i / spec_.groups, ") must be finite and >= 0, got ", v[i]));
     }
     // The rows these batches use: their indices, then their labels.
     const int64_t begin = first_batch * batch_size, end = first_batch + n_batches == batches ? rows : (first_batch + n_batches) * batch_size;
@@ -388,18 +481,15 @@ class TrainPlanEntry {
       const int64_t* l = ptr<int64_t>(target);
       for (int64_t i = begin; i < end; ++i) {
         const int64_t r = index ? index[i] : i;
-        if (l[r] < 0 || l[r] >= out_features_)
-          throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_,
+        if (l[r] < 0 || l[r] >= spec_.out_features)
+          throw py::value_error(cat("labels must be in [0, ", spec_.out_features, ") for logits with ", spec_.out_features,
                                     " classes; labels[", r, "] is ", l[r]));
       }
     }
     const int64_t B = std::min(batch_size, rows);
-    if (B > std::numeric_limits<int64_t>::max() / int64_t(sizeof(double)) / std::max({row_elements(), in_features_, out_features_}))
+    if (B > std::numeric_limits<int64_t>::max() / int64_t(sizeof(double)) / std::max({row_elements(), spec_.in_features, spec_.out_features}))
       throw py::value_error(cat("a batch of ", B, " rows needs a workspace too large to allocate"));
-    const std::vector<OptimizerHyper> group_hyper = parse_hyper(hyper, groups_, optimizer_ == OptimizerKind::sgd);
-    dispatch(dtype_, [&](auto tag) {
-      apply_hyper(plan<decltype(tag)>()->params(), steps, names_, slot_group_, group_hyper, optimizer_ == OptimizerKind::sgd);
-    });
+    dispatch(dtype_, [&](auto tag) { set_hyper(plan<decltype(tag)>()->params(), spec_, hyper, steps); });
 
     py::array_t<double> losses = empty<double>({n_batches});
     py::array_t<int64_t> correct = empty<int64_t>({n_batches});
@@ -407,40 +497,38 @@ class TrainPlanEntry {
     const BatchRun run = dispatch(dtype_, [&](auto tag) -> BatchRun {
       using T = decltype(tag);
       const BatchSource<T> src{ptr<T>(x), labels ? ptr<int64_t>(target) : nullptr, labels ? nullptr : ptr<T>(target),
-                               index, rows, batch_size, in_features_, out_features_};
+                               index, rows, batch_size, spec_.in_features, spec_.out_features};
       BatchBuffers<T>& buf = buffers<T>();
       batches_reserve(buf, src);
-      busy_ = true;
-      updated_ = false;
+      state_.busy = true;
+      state_.updated = false;
       try {
         py::gil_scoped_release nogil;
         const BatchRun r = fuseprop::run_batches(*plan<T>(), buf, ptr<double>(losses), ptr<int64_t>(correct), src,
                                                  first_batch, n_batches, lrs ? ptr<double>(*lrs) : nullptr,
-                                                 slot_group_.data(), groups_, optimizer_, max_grad_norm);
-        busy_ = false;
+                                                 spec_.slot_group.data(), spec_.groups, spec_.optimizer, max_grad_norm);
+        state_.busy = false;
         return r;
       } catch (...) {
-        busy_ = false;
+        state_.busy = false;
         throw;
       }
     });
     batches_done_ = run.done;
-    updated_ = run.last.status == StepStatus::ok || run.last.status == StepStatus::param_not_finite;
-    correct_ = run.last.correct;
-    grad_norm_ = run.last.grad_norm;
-    raise_for_status(run.last, names_);
+    state_.record(run.last);
+    raise_for_status(run.last, spec_.names);
     return py::make_tuple(losses, correct);
   }
 
   // A new (B,OUT) array: the gradient of the last step's loss with respect to the model's output.
   py::array loss_grad() const {
-    if (busy_) throw std::runtime_error("TrainPlan.step is running in another thread");
+    if (state_.busy) throw std::runtime_error("TrainPlan.step is running in another thread");
     return dispatch(dtype_, [&](auto tag) -> py::array {
       using T = decltype(tag);
       const TrainPlan<T>& p = *plan<T>();
       if (p.steps() == 0) throw std::runtime_error("TrainPlan.loss_grad: no step has run yet");
-      py::array out = empty<T>({p.last_batch(), out_features_});
-      std::copy_n(p.loss_grad(), p.last_batch() * out_features_, ptr<T>(out));
+      py::array out = empty<T>({p.last_batch(), spec_.out_features});
+      std::copy_n(p.loss_grad(), p.last_batch() * spec_.out_features, ptr<T>(out));
       return out;
     });
   }
@@ -448,9 +536,9 @@ class TrainPlanEntry {
   int64_t allocations() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->allocations(); }); }
   int64_t capacity() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->capacity(); }); }
   int64_t steps() const { return dispatch(dtype_, [&](auto tag) { return plan<decltype(tag)>()->steps(); }); }
-  bool updated() const { return updated_; }
-  int64_t correct() const { return correct_; }
-  double grad_norm() const { return grad_norm_; }
+  bool updated() const { return state_.updated; }
+  int64_t correct() const { return state_.correct; }
+  double grad_norm() const { return state_.grad_norm; }
   int64_t batches_done() const { return batches_done_; }
 
  private:
@@ -475,71 +563,34 @@ class TrainPlanEntry {
   BatchBuffers<double> f64_batches_;
   int64_t batches_done_ = 0;              // the last run_batches' batches whose step returned ok
   DType dtype_ = DType::f32;
-  LossKind loss_ = LossKind::cross_entropy;
-  OptimizerKind optimizer_ = OptimizerKind::sgd;
-  int64_t groups_ = 1, in_features_ = 0, out_features_ = 0;
-  std::vector<std::string> names_;        // per parameter, for messages
-  std::vector<int64_t> slot_group_;       // per parameter, its param group
-  std::vector<py::object> keep_alive_;    // every array the plan points into
-  bool busy_ = false;                     // a step() runs (without the GIL): a second one must not start
-  bool updated_ = false;                  // the last step() wrote the update (it may have raised after it)
-  double grad_norm_ = 0;                  // the last clipped step's global gradient norm, before clipping
-  int64_t correct_ = 0;                   // cross-entropy: the last step's rows predicted right (argmax == label)
+  PlanSpec spec_;                         // the layers, names and groups; keeps every array alive
+  StepState state_;
 };
 
 #if FUSEPROP_CUDA_COMPILED
-class CudaTrainPlanEntry {
- public:
-  // As TrainPlan (above), with DeviceArrays for data, grad and state; float32 only.
-  CudaTrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
-                     const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups,
-                     bool tf32, bool fused)
-      : groups_(groups) {
-    const PlanKinds kinds = parse_plan_kinds(layers, loss, optimizer, label_smoothing, reduction, groups);
-    loss_ = kinds.loss;
-    optimizer_ = kinds.optimizer;
-    const bool mean = kinds.mean;
-    const bool adam = optimizer_ != OptimizerKind::sgd;
-    std::vector<ParamSlot<float>> slots;
-    std::vector<std::vector<int64_t>> shapes;
-    std::vector<std::pair<const unsigned char*, size_t>> spans;  // for the overlap check
-    std::vector<std::string> span_names;
-    for (const py::handle item : params) {
-      const py::tuple entry = py::reinterpret_borrow<py::object>(item).cast<py::tuple>();
-      if (entry.size() != 6) throw py::value_error("each params entry must be (name, data, grad, state_a, state_b, group)");
-      const std::string name = entry[0].cast<std::string>(), grad_name = name + ".grad";
-      const DeviceArray& data = cuda_array_arg(entry[1], name.c_str(), ElemType::f32);
-      const DeviceArray& grad = cuda_array_arg(entry[2], grad_name.c_str(), ElemType::f32);
-      auto same_shape = [&](const DeviceArray& a, const std::string& what) {
-        check_writable_device(a, what.c_str());
-        if (a.shape != data.shape)
-          throw py::value_error(cat(what, " must have the same shape as ", name, " ", dims_str(data.shape), ", got ", dims_str(a.shape)));
-        spans.emplace_back(a.data, a.nbytes());
-        span_names.push_back(what);
-      };
-      same_shape(data, name);
-      same_shape(grad, grad_name);
-      auto state = [&](const py::handle obj, const char* key, bool required) -> float* {
-        const std::string state_name = cat("state '", key, "' of ", name);
-        if (obj.is_none()) {
-          if (required) throw py::value_error(cat(state_name, " is required"));
-          return nullptr;
-        }
-        const DeviceArray& s = cuda_array_arg(obj, state_name.c_str(), ElemType::f32);
-        same_shape(s, state_name);
-        return s.as<float>();
-      };
-      float* a = state(entry[3], adam ? "exp_avg" : "momentum_buffer", adam);
-      if (!adam && !entry[4].is_none()) throw py::value_error(cat("SGD keeps one state array per parameter: state_b of ", name, " must be None"));
-      float* b = state(entry[4], "exp_avg_sq", adam);
-      const int64_t group = entry[5].cast<int64_t>();
-      if (group < 0 || group >= groups) throw py::value_error(cat("the group of ", name, " must be in [0, ", groups, "), got ", group));
-      slots.push_back({data.as<float>(), grad.as<float>(), a, b, data.size(), OptimizerHyper{}, 1});
-      shapes.push_back(data.shape);
-      names_.push_back(name);
-      slot_group_.push_back(group);
-      for (int k = 1; k <= 4; ++k) keep_alive_.push_back(entry[k]);
-    }
+// ---- the CUDA plan's arrays: float32 DeviceArrays on the GPU
+struct DeviceArrays {
+  std::vector<ParamSlot<float>> slots;
+  std::vector<std::vector<int64_t>> shapes;
+  std::vector<std::pair<const unsigned char*, size_t>> spans;  // for the overlap check
+  std::vector<std::string> span_names;
+
+  void param(const std::string& name, const py::handle data_obj, const py::handle grad_obj) {
+    const std::string grad_name = name + ".grad";
+    const DeviceArray& data = cuda_array_arg(data_obj, name.c_str(), ElemType::f32);
+    const DeviceArray& grad = cuda_array_arg(grad_obj, grad_name.c_str(), ElemType::f32);
+    name_ = name;
+    shapes.push_back(data.shape);
+    same_shape(data, name);
+    same_shape(grad, grad_name);
+    slots.push_back({data.as<float>(), grad.as<float>(), nullptr, nullptr, data.size(), OptimizerHyper{}, 1});
+  }
+  void state(int which, const std::string& state_name, const py::handle obj) {
+    const DeviceArray& s = cuda_array_arg(obj, state_name.c_str(), ElemType::f32);
+    same_shape(s, state_name);
+    (which == 0 ? slots.back().state_a : slots.back().state_b) = s.as<float>();
+  }
+  void check_no_overlap() const {
     for (size_t i = 0; i < spans.size(); ++i)
       for (size_t j = i + 1; j < spans.size(); ++j) {
         const auto [p, n] = spans[i];
@@ -547,34 +598,39 @@ class CudaTrainPlanEntry {
         if (n && m && p < q + m && q < p + n)
           throw py::value_error(cat(span_names[i], " and ", span_names[j], " share memory; each must have its own"));
       }
-    std::vector<DenseLayer<float>> dense;
-    size_t next = 0;
-    for (const py::handle item : layers) {
-      const auto [act, slope, has_bias] = parse_layer_entry(item);
-      if (next + (has_bias ? 2 : 1) > slots.size())
-        throw py::value_error(cat("params has ", slots.size(), " entries, fewer than the layers' weights and biases"));
-      const size_t w = next++;
-      const auto& ws = shapes[w];
-      if (ws.size() != 2 || ws[0] < 1 || ws[1] < 1)
-        throw py::value_error(cat(names_[w], " must be 2-D with at least one row and one column, got shape ", dims_str(ws)));
-      if (!dense.empty() && ws[1] != out_features_)
-        throw py::value_error(cat(names_[w], " has shape ", dims_str(ws), ": its in_features must be ", out_features_,
-                                  ", the out_features of the layer before"));
-      if (dense.empty()) in_features_ = ws[1];
-      out_features_ = ws[0];
-      float *b = nullptr, *db = nullptr;
-      if (has_bias) {
-        const size_t bi = next++;
-        if (shapes[bi] != std::vector<int64_t>{out_features_})
-          throw py::value_error(cat(names_[bi], " must have shape (", out_features_, ",), got ", dims_str(shapes[bi])));
-        b = slots[bi].param, db = slots[bi].grad;
-      }
-      dense.push_back({slots[w].param, b, slots[w].grad, db, ws[1], ws[0], act, float(slope)});
-    }
-    if (next != slots.size()) throw py::value_error(cat("params has ", slots.size(), " entries; the layers take ", next));
+  }
+  void check_weight(size_t slot, const std::string& name) const {
+    const std::vector<int64_t>& ws = shapes[slot];
+    if (ws.size() != 2 || ws[0] < 1 || ws[1] < 1)
+      throw py::value_error(cat(name, " must be 2-D with at least one row and one column, got shape ", dims_str(ws)));
+  }
+  std::vector<int64_t> shape(size_t slot) const { return shapes[slot]; }
+
+ private:
+  // a (data, grad or a state of the current parameter): writeable, data's shape; noted for the overlap check
+  void same_shape(const DeviceArray& a, const std::string& what) {
+    check_writable_device(a, what.c_str());
+    if (a.shape != shapes.back())
+      throw py::value_error(cat(what, " must have the same shape as ", name_, " ", dims_str(shapes.back()), ", got ",
+                                dims_str(a.shape)));
+    spans.emplace_back(a.data, a.nbytes());
+    span_names.push_back(what);
+  }
+  std::string name_;  // the current parameter's
+};
+
+class CudaTrainPlanEntry {
+ public:
+  // As TrainPlan (above), with DeviceArrays for data, grad and state; float32 only.
+  CudaTrainPlanEntry(const py::sequence& layers, const py::sequence& params, const std::string& loss,
+                     const std::string& optimizer, double label_smoothing, const std::string& reduction, int64_t groups,
+                     bool tf32, bool fused) {
+    DeviceArrays arrays;
+    spec_ = parse_plan_spec(layers, params, loss, optimizer, label_smoothing, reduction, groups, arrays);
+    std::vector<DenseLayer<float>> dense = dense_layers(spec_, arrays.slots);
     require_device();
-    plan_ = std::make_unique<cuda::TrainPlan>(std::move(dense), std::move(slots), LossSpec{loss_, label_smoothing, mean},
-                                              optimizer_, tf32, fused);
+    plan_ = std::make_unique<cuda::TrainPlan>(std::move(dense), std::move(arrays.slots), spec_.loss_spec,
+                                              spec_.optimizer, tf32, fused);
   }
 
   // x: (B, IN) float32, a DeviceArray on the GPU or an ndarray (staged over); target: labels (B,) int64
@@ -582,44 +638,41 @@ class CudaTrainPlanEntry {
   double step(const py::handle& x_obj, const py::handle& target_obj, const py::sequence& hyper, const py::sequence& steps,
               double max_grad_norm) {
     if (!(max_grad_norm >= 0)) throw py::value_error(cat("max_grad_norm must be >= 0 (0: no clipping), got ", max_grad_norm));
-    if (busy_) throw std::runtime_error("TrainPlan.step is already running in another thread");
-    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, in_features_}));
+    if (state_.busy) throw std::runtime_error("TrainPlan.step is already running in another thread");
+    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, spec_.in_features}));
     const int64_t B = batch_;
-    const bool labels = loss_ == LossKind::cross_entropy;
+    const bool labels = spec_.loss == LossKind::cross_entropy;
     const void* target = labels ? input(target_obj, "labels", t_stage_, ElemType::i64, {B})
-                                : input(target_obj, "target", t_stage_, ElemType::f32, {B, out_features_});
-    const bool sgd = optimizer_ == OptimizerKind::sgd;
-    apply_hyper(plan_->params(), steps, names_, slot_group_, parse_hyper(hyper, groups_, sgd), sgd);
+                                : input(target_obj, "target", t_stage_, ElemType::f32, {B, spec_.out_features});
+    set_hyper(plan_->params(), spec_, hyper, steps);
     StepResult result;
-    busy_ = true;
-    updated_ = false;
+    state_.busy = true;
+    state_.updated = false;
     try {
       py::gil_scoped_release nogil;
       result = plan_->step(x, labels ? static_cast<const int64_t*>(target) : nullptr,
                            labels ? nullptr : static_cast<const float*>(target), B, max_grad_norm);
     } catch (...) {
-      busy_ = false;
+      state_.busy = false;
       throw;
     }
-    busy_ = false;
+    state_.busy = false;
     if (plan_->bad_label() != ~0ull) {
       int64_t v = 0;
       cuda::copy_to_host(&v, static_cast<const int64_t*>(target) + plan_->bad_label(), sizeof v);
-      throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_, " classes; labels[",
+      throw py::value_error(cat("labels must be in [0, ", spec_.out_features, ") for logits with ", spec_.out_features, " classes; labels[",
                                 plan_->bad_label(), "] is ", v, " (the weights were not updated)"));
     }
-    updated_ = result.status == StepStatus::ok || result.status == StepStatus::param_not_finite;
-    correct_ = result.correct;
-    grad_norm_ = result.grad_norm;
-    raise_for_status(result, names_);
+    state_.record(result);
+    raise_for_status(result, spec_.names);
     return result.loss;
   }
 
   // x (B, IN) -> a new DeviceArray (B, OUT): the network's output.
   std::shared_ptr<DeviceArray> forward(const py::handle& x_obj) {
-    if (busy_) throw std::runtime_error("TrainPlan.step is running in another thread");
-    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, in_features_}));
-    auto out = device_empty({batch_, out_features_}, ElemType::f32);
+    if (state_.busy) throw std::runtime_error("TrainPlan.step is running in another thread");
+    const float* x = static_cast<const float*>(input(x_obj, "x", x_stage_, ElemType::f32, {-1, spec_.in_features}));
+    auto out = device_empty({batch_, spec_.out_features}, ElemType::f32);
     py::gil_scoped_release nogil;
     plan_->forward(out->as<float>(), x, batch_);
     return out;
@@ -629,9 +682,9 @@ class CudaTrainPlanEntry {
   int64_t capacity() const { return plan_->capacity(); }
   int64_t steps() const { return plan_->steps(); }
   bool fused() const { return plan_->fused(); }
-  bool updated() const { return updated_; }
-  int64_t correct() const { return correct_; }
-  double grad_norm() const { return grad_norm_; }
+  bool updated() const { return state_.updated; }
+  int64_t correct() const { return state_.correct; }
+  double grad_norm() const { return state_.grad_norm; }
 
  private:
   // A device pointer to obj's data: a CUDA DeviceArray as it is, an ndarray staged into `stage`.
@@ -663,8 +716,8 @@ class CudaTrainPlanEntry {
     if (type == ElemType::i64 && host) {  // labels from the host are checked here, before they go over
       const int64_t* l = static_cast<const int64_t*>(host);
       for (int64_t i = 0; i < dims[0]; ++i)
-        if (l[i] < 0 || l[i] >= out_features_)
-          throw py::value_error(cat("labels must be in [0, ", out_features_, ") for logits with ", out_features_,
+        if (l[i] < 0 || l[i] >= spec_.out_features)
+          throw py::value_error(cat("labels must be in [0, ", spec_.out_features, ") for logits with ", spec_.out_features,
                                     " classes; labels[", i, "] is ", l[i]));
     }
     if (dev) return dev->data;
@@ -679,17 +732,11 @@ class CudaTrainPlanEntry {
   }
 
   std::unique_ptr<cuda::TrainPlan> plan_;
-  LossKind loss_ = LossKind::cross_entropy;
-  OptimizerKind optimizer_ = OptimizerKind::sgd;
-  int64_t groups_ = 1, in_features_ = 0, out_features_ = 0, batch_ = 0;
-  std::vector<std::string> names_;
-  std::vector<int64_t> slot_group_;
-  std::vector<py::object> keep_alive_;  // every DeviceArray the plan points into
+  PlanSpec spec_;  // the layers, names and groups; keeps every DeviceArray alive
+  int64_t batch_ = 0;
   cuda::DeviceBuffer x_stage_, t_stage_;  // host batches land here
   py::object stage_keep_;
-  bool busy_ = false, updated_ = false;
-  double grad_norm_ = 0;
-  int64_t correct_ = 0;
+  StepState state_;
 };
 #endif
 

@@ -5,8 +5,9 @@
 // Argument order: outputs first, then inputs, then sizes, then options.
 // Gradients are named d<name> (dx, dw, db, dy). Parameter gradients ACCUMULATE (+=) so micro-batches
 // can be summed; activation gradients are WRITTEN (=).
-// Kernels trust their contract: the bindings (csrc/python/) validate dtype, shape, layout and values once, at the
-// boundary. Kernels never call into Python and never throw on data (NaN and Inf propagate as in NumPy).
+// Kernels trust their contract: the bindings (csrc/python/) validate dtype, shape, layout and values
+// once, at the boundary. Kernels never call into Python and never throw on data (NaN and Inf propagate
+// as in NumPy).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // Which SIMD kernels this CPU can run, and which ones are in use.
 //
 // One build runs on any x86-64: the SIMD kernels live in files compiled with their own flags
-// (matmul_avx2.cpp, matmul_avx512.cpp) and are only called after CPUID (and XGETBV, for the OS
+// (gemm/matmul_avx2.cpp, gemm/matmul_avx512.cpp) and are only called after CPUID (and XGETBV, for the OS
 // saving the wide registers) says they can run. FUSEPROP_CPU=generic|avx2|avx512 in the
 // environment, read once at load, forces a level (capped at what the CPU supports).
 #pragma once

@@ -1,6 +1,6 @@
 // The multiply-add throughput loop, written once over a vector trait V and compiled in one
 // translation unit per instruction set (fma_peak_avx2.cpp, fma_peak_avx512.cpp with their -m flags;
-// fma_peak.cpp at the baseline). As in gemm_simd.h, each unit defines FUSEPROP_SIMD_NS first, so
+// fma_peak.cpp at the baseline). As in gemm/gemm_simd.h, each unit defines FUSEPROP_SIMD_NS first, so
 // every function here gets a distinct name per instruction set, and nothing here uses std:: templates.
 //
 // V provides: reg, width, set1(float), fma(a, b, c) = a*b + c, add(a, b), store(float*, reg).

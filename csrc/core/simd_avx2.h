@@ -1,5 +1,5 @@
 // The AVX2+FMA float vector (8 lanes): the one trait this instruction set's SIMD loops are written over
-// (gemm_simd.h, fma_peak_simd.h). Only files compiled with -mavx2 -mfma include it.
+// (gemm/gemm_simd.h, core/fma_peak_simd.h). Only files compiled with -mavx2 -mfma include it.
 #pragma once
 
 #include <immintrin.h>

@@ -71,7 +71,7 @@ const GemmKernels<float>& gemm_kernels(float) {
 
 const GemmKernels<double>& gemm_kernels(double) { return generic_kernels<double>; }
 
-// The cache blocking of the packed path, from the caches found at run time (cpu_features.h), as BLIS
+// The cache blocking of the packed path, from the caches found at run time (core/cpu_features.h), as BLIS
 // derives its blocksizes: a kc x nr strip of op(B) stays in L1 while the mr-row strips of A stream
 // past it (two thirds of L1, leaving room for those and for C: on a Zen 5 core, kc 256 ran 3% faster
 // than kc 192, half of L1), an mc x kc block of op(A) stays in L2

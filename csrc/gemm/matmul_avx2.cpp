@@ -1,5 +1,5 @@
 // The AVX2+FMA float GEMM kernels. This file alone is compiled with -mavx2 -mfma; its kernels run
-// only after cpu_features.cpp has found AVX2, FMA and OS support for the YMM registers.
+// only after core/cpu_features.cpp has found AVX2, FMA and OS support for the YMM registers.
 #define FUSEPROP_SIMD_NS avx2
 #include "gemm/gemm_simd.h"
 #include "gemm/gemm_kernels.h"

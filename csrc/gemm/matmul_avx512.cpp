@@ -1,5 +1,5 @@
 // The AVX-512F float GEMM kernels. This file alone is compiled with -mavx512f -mfma; its kernels
-// run only after cpu_features.cpp has found AVX-512F and OS support for the ZMM and mask registers.
+// run only after core/cpu_features.cpp has found AVX-512F and OS support for the ZMM and mask registers.
 // The tile logic is gemm_simd.h's, shared with (and tested through) the AVX2 kernels.
 #define FUSEPROP_SIMD_NS avx512
 #include "gemm/gemm_simd.h"

@@ -3,7 +3,7 @@
 // (elementwise.cpp at the baseline, elementwise_avx2.cpp, elementwise_avx512.cpp with their -m flags
 // and -ffp-contract=off), so the compiler vectorises them as wide as the CPU allows while every level
 // computes the same bits: no FMA contraction, no reassociation. Each unit defines FUSEPROP_SIMD_NS
-// first, so each copy has its own names (see gemm_simd.h for why).
+// first, so each copy has its own names (see gemm/gemm_simd.h for why).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The CUDA runtime as the bindings see it: plain C++ (no CUDA types), so bindings.cpp compiles
+// The CUDA runtime as the bindings see it: plain C++ (no CUDA types), so the bindings (csrc/python/) compile
 // with the host compiler alone. Implemented in device.cu, linked against the static CUDA runtime, so
 // importing fuseprop never needs libcudart and only a call here asks the driver anything.
 #pragma once

@@ -1,5 +1,5 @@
 // GEMM on the device, and the linear layer built on it: plain C++ (no CUDA types). Pointers are
-// device memory; every matrix is row-major with a leading dimension (csrc/common.h). Parameter
+// device memory; every matrix is row-major with a leading dimension (csrc/core/common.h). Parameter
 // gradients accumulate (+=), activation gradients are written (=).
 #pragma once
 

@@ -1,5 +1,6 @@
 // Optimizer updates on the device, in place: plain C++ (no CUDA types). Pointers are device memory.
-// PyTorch's formulas in PyTorch's order, as csrc/optim.h (whose comments give the math).
+// PyTorch's formulas in PyTorch's order, as csrc/ops/optim.h (whose comments give the math); the element
+// updates are csrc/ops/optim_math.h's, the CPU's own.
 #pragma once
 
 #include <cstdint>

@@ -202,7 +202,7 @@ __device__ void tile_gemm(Smem& s, const Mat& a, const Mat& b, int M, int N, int
 }
 
 // logits (rows, C) ld C -> dz (rows, C) ld C = (softmax - q) * grad_scale, s.row_loss and s.row_hit; one warp per
-// row, as losses.cu. Ends with __syncthreads().
+// row, as cuda/ops/losses_cuda.cu. Ends with __syncthreads().
 __device__ void loss_tile(Smem& s, float* dz, const float* logits, const int64_t* labels, int rows, int C,
                           float label_smoothing, float grad_scale) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;

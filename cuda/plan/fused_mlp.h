@@ -1,6 +1,6 @@
 // The whole forward and backward pass of a narrow MLP (every layer at most 128 wide) in one kernel,
 // with softmax cross-entropy from the logits and every weight gradient: plain C++ (no CUDA types).
-// Pointers are device memory, float32, row-major. Unlike the op-by-op path (matmul.h), the parameter
+// Pointers are device memory, float32, row-major. Unlike the op-by-op path (cuda/ops/matmul_cuda.h), the parameter
 // gradients are WRITTEN (=), not accumulated: the fused pass produces the whole batch's gradient.
 #pragma once
 

@@ -1,7 +1,7 @@
-// The whole training step of a chain of dense layers on the device, as csrc/network.h does it on the
+// The whole training step of a chain of dense layers on the device, as csrc/plan/network.h does it on the
 // CPU: forward, loss value and gradient, backward (writing the gradients), the finiteness checks,
 // clipping by the global norm, and the optimizer update, queued back to back on the default stream.
-// The host waits once per step, at the end, to read the loss and the flags (cuda/step_checks.h): no
+// The host waits once per step, at the end, to read the loss and the flags (cuda/plan/step_checks.h): no
 // layer's data crosses to the host. Plain C++ (no CUDA types); every pointer is device memory.
 #pragma once
 
@@ -16,8 +16,8 @@ namespace fuseprop::cuda {
 
 class TrainPlan {
  public:
-  // As fuseprop::TrainPlan (csrc/network.h), float32. tf32: the GEMMs run on tensor cores in TF32.
-  // allow_fused: cross-entropy steps of a narrow network (cuda/fused_mlp.h) run as one fused kernel.
+  // As fuseprop::TrainPlan (csrc/plan/network.h), float32. tf32: the GEMMs run on tensor cores in TF32.
+  // allow_fused: cross-entropy steps of a narrow network (cuda/plan/fused_mlp.h) run as one fused kernel.
   TrainPlan(std::vector<DenseLayer<float>> layers, std::vector<ParamSlot<float>> params, LossSpec loss,
             OptimizerKind optimizer, bool tf32, bool allow_fused);
 
@@ -32,7 +32,7 @@ class TrainPlan {
   void forward(float* out, const float* x, int64_t B);
 
   std::vector<ParamSlot<float>>& params() { return params_; }
-  bool fused() const { return fused_; }  // steps run the fused narrow-MLP kernel (cuda/fused_mlp.h)
+  bool fused() const { return fused_; }  // steps run the fused narrow-MLP kernel (cuda/plan/fused_mlp.h)
   int64_t capacity() const { return capacity_; }
   int64_t allocations() const { return allocations_; }
   int64_t steps() const { return steps_; }
@@ -57,7 +57,7 @@ class TrainPlan {
   DeviceBuffer floats_;   // layer_capacity_ * layout_.row_elements floats
   DeviceBuffer doubles_;  // row losses (capacity_), partial sums, per-parameter squared norms
   DeviceBuffer flags_;    // one StepFlags
-  DeviceBuffer labels_;   // capacity_ checked labels (cuda/step_checks.h)
+  DeviceBuffer labels_;   // capacity_ checked labels (cuda/plan/step_checks.h)
   DeviceBuffer fused_workspace_;
   std::vector<FusedLayer> fused_layers_;
   int64_t capacity_ = 0, layer_capacity_ = 0, allocations_ = 0, steps_ = 0;

@@ -1,4 +1,4 @@
-"""The fused MLP kernel (cuda/fused_mlp.cu) against the NumPy reference, through _C.cuda_fused_mlp_forward_backward
+"""The fused MLP kernel (cuda/plan/fused_mlp.cu) against the NumPy reference, through _C.cuda_fused_mlp_forward_backward
 and _C.cuda_fused_mlp_forward (host arrays in, one fused pass on the device, host arrays out).
 
 Inputs are drawn in float64 and rounded to float32; the reference runs layer by layer in float64 on the same

@@ -1,4 +1,4 @@
-"""Type stubs for fuseprop's compiled module (csrc/bindings.cpp).
+"""Type stubs for fuseprop's compiled module (csrc/python/, defined in module.cpp).
 
 Arrays: numpy.ndarray of float32 or float64 (one dtype per call), C-contiguous, aligned; arrays
 updated in place must be writeable and must not overlap the inputs. Labels: int64.

@@ -51,7 +51,7 @@ def get_device_properties(device: int = 0) -> dict:
 #: Read when a training plan is built (a change applies from the next train_step).
 allow_tf32 = True
 #: Cross-entropy steps of a narrow network (1 to 8 layers, each at most 128 wide, logits last) run as ONE
-#: fused kernel (forward, loss, backward and every weight gradient; cuda/fused_mlp.h); False runs them layer
+#: fused kernel (forward, loss, backward and every weight gradient; cuda/plan/fused_mlp.h); False runs them layer
 #: by layer. Read when a training plan is built.
 fused_mlp = True
 

@@ -1,6 +1,6 @@
 """The machine's measured peak, the yardstick for every GFLOP/s the benchmarks print.
 
-A native loop of independent, register-only float multiply-adds (csrc/fma_peak*) on every thread at
+A native loop of independent, register-only float multiply-adds (csrc/core/fma_peak*) on every thread at
 once: nothing from memory, no dependency a core must wait for. What it reaches is the most any float32
 kernel at that instruction set can reach, so "% of peak" can only approach 100%, never pass it (up to
 noise: a peak measured while the machine was busy).

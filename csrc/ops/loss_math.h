@@ -54,6 +54,13 @@ FUSEPROP_HD FUSEPROP_FORCEINLINE T bce_with_logits_grad(T x, T t, T grad_scale) 
   return (act_forward<Activation::sigmoid>(x, T(0)) - t) * grad_scale;
 }
 
+// A binary prediction is right when the logit's sign gives the target: x > 0 (sigmoid > 1/2) for t >= 1/2
+// (keras' binary accuracy at threshold 1/2; fit and evaluate report it for BCEWithLogitsLoss).
+template <typename T>
+FUSEPROP_HD FUSEPROP_FORCEINLINE bool binary_hit(T x, T t) {
+  return (x > T(0)) == (t >= T(0.5));
+}
+
 // ---- squared error of d = pred - target: d^2 in double; d / dpred = 2 d * grad_scale.
 template <typename T>
 FUSEPROP_HD FUSEPROP_FORCEINLINE double mse_value(T d) {

@@ -6,6 +6,7 @@
 
 #include "ops/elementwise_kernels.h"
 #include "ops/linear.h"
+#include "ops/loss_math.h"
 #include "ops/losses.h"
 #include "ops/optim.h"
 #include "core/threads.h"
@@ -37,6 +38,14 @@ int64_t count_correct(const T* logits, const int64_t* labels, int64_t B, int64_t
     correct += best == labels[r];
   }
   return correct;
+}
+
+// logits, target (n): elements whose logit's sign gives the target (binary_hit)
+template <typename T>
+int64_t count_binary_hits(const T* logits, const T* target, int64_t n) {
+  int64_t hits = 0;
+  for (int64_t i = 0; i < n; ++i) hits += binary_hit(logits[i], target[i]);
+  return hits;
 }
 
 }  // namespace
@@ -103,6 +112,7 @@ StepResult TrainPlan<T>::step(const T* x, const int64_t* labels, const T* target
       total = mse_forward_backward<T>(dout, in, target, n, scale);
       break;
     case LossKind::bce_with_logits:
+      correct = count_binary_hits<T>(in, target, n);
       total = bce_with_logits_forward_backward<T>(dout, in, target, n, scale);
       break;
   }

@@ -89,7 +89,8 @@ struct StepResult {
   StepStatus status;
   double loss;   // reduced as LossSpec says
   double grad_norm;  // the L2 norm of all gradients together, before clipping (computed only when clipping)
-  int64_t correct;  // cross-entropy: rows whose first largest logit is at the label (as numpy's argmax); else 0
+  int64_t correct;  // cross-entropy: rows whose first largest logit is at the label (as numpy's argmax);
+                   // BCE with logits: elements whose logit's sign gives the target (binary_hit); MSE: 0
   int64_t slot;  // the first parameter whose gradient (grad_not_finite) or value (param_not_finite) is not finite
 };
 

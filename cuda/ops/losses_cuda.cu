@@ -73,6 +73,14 @@ __global__ void count_correct_kernel(unsigned long long* correct, const float* l
   if (lane == 0 && at == labels[b]) atomicAdd(correct, 1ull);  // integer adds: any order gives the same count
 }
 
+// logits, target (n): each thread counts its elements' binary_hit; one integer atomic add per thread.
+__global__ void count_binary_hits_kernel(unsigned long long* hits, const float* logits, const float* target, int64_t n) {
+  unsigned long long mine = 0;
+  for (int64_t i = blockIdx.x * int64_t(kThreads) + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads)
+    mine += binary_hit(logits[i], target[i]);
+  if (mine) atomicAdd(hits, mine);  // integer adds: any order gives the same count
+}
+
 // Elementwise losses: per-block partial sums in a fixed order, then one block adds them.
 enum class Elementwise { mse, bce_with_logits };
 
@@ -113,6 +121,14 @@ void count_correct(int64_t* correct, const float* logits, const int64_t* labels,
   const int64_t blocks = (B + kRowsPerBlock - 1) / kRowsPerBlock;
   count_correct_kernel<<<static_cast<unsigned>(blocks), 32 * kRowsPerBlock>>>(
       reinterpret_cast<unsigned long long*>(correct), logits, labels, B, C);
+  FUSEPROP_CUDA_CHECK_LAUNCH();
+}
+
+void count_binary_hits(int64_t* hits, const float* logits, const float* target, int64_t n) {
+  if (n == 0) return;
+  const int64_t blocks = std::min<int64_t>((n + kThreads - 1) / kThreads, kLossPartials);
+  count_binary_hits_kernel<<<static_cast<unsigned>(blocks), kThreads>>>(reinterpret_cast<unsigned long long*>(hits),
+                                                                        logits, target, n);
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 

@@ -16,6 +16,9 @@ void cross_entropy_forward_backward(double* total, float* dlogits, double* row_l
 // logits (B,C), labels (B) -> *correct += rows whose first largest logit is at the label (numpy's argmax).
 void count_correct(int64_t* correct, const float* logits, const int64_t* labels, int64_t B, int64_t C);
 
+// logits, target (n) -> *hits += elements whose logit's sign gives the target (binary_hit, ops/loss_math.h).
+void count_binary_hits(int64_t* hits, const float* logits, const float* target, int64_t n);
+
 // pred, target, dpred (n); partial: kLossPartials doubles of workspace. total = UNREDUCED sum (pred - target)^2;
 // dpred = 2 (pred - target) * grad_scale.
 constexpr int kLossPartials = 1024;

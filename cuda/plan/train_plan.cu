@@ -102,6 +102,7 @@ StepResult TrainPlan::step(const float* x, const int64_t* labels, const float* t
         mse_forward_backward(&flags->loss_total, dout, partial, in, target, n, scale);
         break;
       case LossKind::bce_with_logits:
+        count_binary_hits(&flags->correct, in, target, n);
         bce_with_logits_forward_backward(&flags->loss_total, dout, partial, in, target, n, scale);
         break;
     }

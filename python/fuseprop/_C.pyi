@@ -84,7 +84,7 @@ class TrainPlan:
     @property
     def updated(self) -> bool: ...  # the last step wrote the update
     @property
-    def correct(self) -> int: ...  # cross-entropy: rows of the last step whose argmax is the label
+    def correct(self) -> int: ...  # cross-entropy: rows of the last step whose argmax is the label; BCE: elements whose logit sign gives the target
     @property
     def grad_norm(self) -> float: ...  # the last clipped step's global gradient norm, before clipping
 

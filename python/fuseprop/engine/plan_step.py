@@ -46,8 +46,11 @@ class PlanStep:
 
     @property
     def outputs_judged(self) -> int:
-        """Per sample, the outputs plan.correct judges: 1 for cross-entropy (the argmax), else 0 (none)."""
-        return 1 if self._loss_kind == "cross_entropy" else 0
+        """Per sample, the outputs plan.correct judges: 1 for cross-entropy (the argmax), every output for BCE
+        with logits (each logit's sign), none for MSE."""
+        if self._loss_kind == "cross_entropy":
+            return 1
+        return self._out_features if self._loss_kind == "bce_with_logits" else 0
 
     @property
     def fusable(self) -> bool:

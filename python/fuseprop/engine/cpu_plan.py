@@ -117,8 +117,9 @@ class FusedStep(PlanStep):
                 and self._state_unchanged()):
             # Only hyper-parameters changed (a schedule): check them as optimizer.step() would, and hand them over,
             # unless a group now needs state arrays its parameters do not have (SGD's momentum switched on).
-            for g in opt.param_groups:
-                opt._validate(g)
+            for g, now, before in zip(opt.param_groups, seen[2], last[2]):
+                if now[0][1:] != before[0][1:]:  # the groups whose hyper-parameters changed
+                    opt._validate(g)
             if not any(self._opt.needs_state(opt.param_groups[gi]) for gi in self._bufferless_groups):
                 self._hyper = self._hyper_of(opt.param_groups)
                 self._seen = seen

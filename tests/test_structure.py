@@ -153,3 +153,16 @@ def test_the_layers_below_nn_import_no_layer(package):
     mine = {n for n in graph if n == f"fuseprop.{package}" or n.startswith(f"fuseprop.{package}.")}
     reached = {t for n in mine for t in graph[n]}
     assert not {t for t in reached if t == "fuseprop.nn" or t.startswith("fuseprop.nn.")}, reached
+
+
+INTEGRATIONS = {"fuseprop.sklearn", "fuseprop.torch", "fuseprop.onnx"}
+
+
+def test_the_core_never_imports_an_integration():
+    """scikit-learn, PyTorch and ONNX are optional extras: their modules import the core, never the reverse,
+    so `import fuseprop` needs none of them."""
+    graph = import_graph(PACKAGE)
+    assert INTEGRATIONS <= set(graph), "an integration module moved: update INTEGRATIONS"
+    offenders = {name: sorted(graph[name] & INTEGRATIONS) for name in graph
+                 if name not in INTEGRATIONS and name != "fuseprop.__main__" and graph[name] & INTEGRATIONS}
+    assert not offenders, offenders

@@ -36,6 +36,11 @@ struct GemmKernels {
   DotTileFn<T> dot_tile;
   PackAFn<T> pack_a;
   PackBFn<T> pack_b;
+  // When x·Wᵀ runs as dot products (gemm_auto_path): outputs narrower than dot_narrow always; small problems
+  // also when k >= dot_long_k or A is shorter than mr (dot_long_k 0: never, where the dot tile has no
+  // vector horizontal sum to amortise and loses to the packed tiles).
+  int dot_narrow;
+  int64_t dot_long_k;
 };
 
 // The cache blocking of the packed path: op(A) blocks mc x kc, op(B) panels kc x nc (see gemm_blocking).

@@ -52,7 +52,8 @@ void generic_dot_tile(int64_t k, const T* a, int64_t lda, const T* b, int64_t ld
 template <typename T>
 const GemmKernels<T> generic_kernels = {
     "generic", kGenericMR, kGenericNR, generic_tile<T, true>, generic_tile<T, false>,
-    kGenericDM, kGenericDN, generic_dot_tile<T>, gemm_pack_a_strip<T>, gemm_pack_b_strip<T>};
+    kGenericDM, kGenericDN, generic_dot_tile<T>, gemm_pack_a_strip<T>, gemm_pack_b_strip<T>,
+    2, 0};  // float64, 1 thread, Zen 5, us dot vs packed: 128x1x256 13 vs 36, but 32x7x784 79 vs 39
 
 std::atomic<int> forced_path{static_cast<int>(GemmPath::automatic)};
 

@@ -109,7 +109,11 @@ void gemm_pack_b_strip(T* Bp, const T* B, int64_t ldb, bool trans_b, int64_t p0,
 // 512x1024x10 321 vs 94; dzᵀ·x 128x256x128 427 vs 360, 16x784x512 350 vs 216; x·Wᵀ 512x16x784 306 vs
 // 164; but x·Wᵀ 128x256x784 312 vs 383 and 512x64x784 326 vs 393, dzᵀ·x 128x784x512 393 vs 406).
 //  - Small problems (operands and output within 256 KiB) never pack.
-//  - C = A Bᵀ with A and B rows along k (x·Wᵀ): dot products when the output is narrower than a register tile.
+//  - C = A Bᵀ with A and B rows along k (x·Wᵀ): dot products when the output is narrower than a register tile
+//    (SIMD levels; generic: one column), or, for a small problem at a SIMD level, when k is long enough (>= 512)
+//    to pay for each dot product's final horizontal sum, or A is shorter than a register tile (1 thread, Zen 5, us dot vs packed: 200x100x64 34 vs 14,
+//    200x100x10 31 vs 3.4, 32x128x128 11 vs 5.9; but 64x40x512 14 vs 19, 16x32x784 5.1 vs 5.6, 4x100x64
+//    1.3 vs 1.5).
 //  - op(B) rows contiguous (dz·W, dzᵀ·x): the direct tiles when both operands fit in L2, or op(A) is at
 //    most 4 strips tall (each element of op(B) would be used only that often) and op(B) fits in the
 //    share of L3 the packed path would use.
@@ -120,7 +124,8 @@ GemmPath gemm_auto_path(const GemmKernels<T>& kern, const GemmBlocking& blk, int
   const int64_t a_elements = M * K, b_elements = K * N;
   const bool small = (a_elements + b_elements + M * N) * int64_t(sizeof(T)) <= (int64_t(256) << 10);
   if (!trans_a && trans_b) {
-    if (small || N < kern.nr) return GemmPath::dot;
+    if (N < kern.dot_narrow || (small && kern.dot_long_k && (K >= kern.dot_long_k || M < kern.mr)))
+      return GemmPath::dot;
   } else if (!trans_b) {
     if (small || a_elements + b_elements <= blk.l2_elements || (M <= 4 * kern.mr && b_elements <= blk.whole_elements))
       return GemmPath::direct;

@@ -19,6 +19,6 @@ extern const GemmKernels<float> gemm_kernels_avx2 = {
     "avx2", avx2::MR, avx2::NV * avx2::Avx2::width,
     avx2::packed_tile<avx2::Avx2, avx2::MR, avx2::NV>, avx2::tile<avx2::Avx2, avx2::MR, avx2::NV>,
     avx2::DM, avx2::DN, avx2::dot_tile<avx2::Avx2, avx2::DM, avx2::DN>,
-    avx2::pack_a, avx2::pack_b};
+    avx2::pack_a, avx2::pack_b, avx2::NV * avx2::Avx2::width, 512};
 
 }  // namespace fuseprop

@@ -21,6 +21,6 @@ extern const GemmKernels<float> gemm_kernels_avx512 = {
     avx512::packed_tile<avx512::Avx512, avx512::MR, avx512::NV>,
     avx512::tile<avx512::Avx512, avx512::MR, avx512::NV>,
     avx512::DM, avx512::DN, avx512::dot_tile<avx512::Avx512, avx512::DM, avx512::DN>,
-    avx512::pack_a, avx512::pack_b};
+    avx512::pack_a, avx512::pack_b, avx512::NV * avx512::Avx512::width, 512};
 
 }  // namespace fuseprop

@@ -108,7 +108,8 @@ def main():
             stats[lib] = (statistics.mean(scores), std, statistics.median(r["fit_s"] for r in rs))
         (m_sk, s_sk, t_sk), (m_fp, s_fp, t_fp) = stats["sklearn"], stats["fuseprop"]
         metric = "R^2" if DATASETS[name][0] == "regressor" else "accuracy"
-        within = "yes" if abs(m_fp - m_sk) <= max(s_sk, s_fp) else "no"
+        # one seed has no spread to compare against: say so rather than "no"
+        within = ("yes" if abs(m_fp - m_sk) <= max(s_sk, s_fp) else "no") if max(s_sk, s_fp) > 0 else "n/a (1 seed)"
         lines.append(f"| {name} ({len(results['sklearn'])} seeds) | {metric} | {m_sk:.4f} ± {s_sk:.4f} | "
                      f"{m_fp:.4f} ± {s_fp:.4f} | {within} | {t_sk:.2f} | {t_fp:.3f} | {t_sk / t_fp:.1f}x |")
     print("\n".join(lines))

@@ -101,7 +101,7 @@ def test_from_torch_numbers_named_children_and_keeps_modes():
     (torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Conv1d(1, 1, 1)), "module '1'", "torch.nn.modules.conv.Conv1d"),
     (torch.nn.Sequential(torch.nn.Sequential(torch.nn.ReLU(), torch.nn.SiLU())), "module '0.1'",
      "torch.nn.modules.activation.SiLU"),
-    (torch.nn.Flatten(), "the model", "torch.nn.modules.flatten.Flatten"),
+    (torch.nn.Unflatten(1, (2, 2)), "the model", "torch.nn.modules.flatten.Unflatten"),
 ], ids=["conv", "nested", "top"])
 def test_from_torch_refuses_a_module_fuseprop_has_no_layer_for(module, where, name):
     with pytest.raises(TypeError, match=rf"^from_torch: {re.escape(where)} is a {re.escape(name)}, which fuseprop has no layer for"):

@@ -7,7 +7,9 @@
 fit(): by default 784-256-128-10 ReLU, AdamW (lr 2e-3, weight decay 1e-4) with a per-step cosine
 schedule, label smoothing 0.1, batch 128, 20 epochs, inputs scaled to [0, 1] then standardised with
 the training set's mean and std. It prints progress, the test accuracy and the throughput, and writes
-a checkpoint and (with matplotlib) the training curves to --out.
+a checkpoint and (with matplotlib) the training curves to --out. ``--model cnn`` trains a small
+convolutional network instead (two 3x3 conv / batch norm / ReLU / 2x2 max pool blocks of 32 and 64
+channels, a hidden Linear layer of 128, 8 epochs).
 
 ``mpirun -n N python -m fuseprop train --distributed ...`` trains data-parallel on N processes
 (fuseprop.distributed): --batch-size stays the global batch, so the run computes what one process
@@ -107,6 +109,21 @@ def build_mlp(sizes, activation: str, dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def build_cnn(channels, hidden: int, classes: int, image_shape=(1, 28, 28), dropout: float = 0.0) -> nn.Sequential:
+    """Conv 3x3 (padding 1) -> BatchNorm2d -> ReLU -> MaxPool 2x2 per entry of channels, then Flatten,
+    Linear(hidden) -> ReLU (-> Dropout) -> Linear(classes)."""
+    c, h, w = image_shape
+    layers = []
+    for out in channels:
+        layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(), nn.MaxPool2d(2)]
+        c, h, w = out, h // 2, w // 2
+    layers += [nn.Flatten(), nn.Linear(c * h * w, hidden, init="he_uniform"), nn.ReLU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden, classes, init="xavier_uniform"))
+    return nn.Sequential(*layers)
+
+
 def train(args) -> int:
     if args.distributed:
         return _train_distributed(args)
@@ -139,14 +156,24 @@ def _train(args, comm) -> int:
     say = print if main else (lambda *a, **k: None)
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test) = load_data(args)
-    x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255
-    x_test = x_test.reshape(len(x_test), -1).astype(np.float32) / 255
+    image_shape = (1,) + x_train.shape[1:] if x_train.ndim == 3 else x_train.shape[1:]
+    flat = args.model == "mlp"
+    x_train = x_train.reshape((len(x_train), -1) if flat else (len(x_train),) + image_shape).astype(np.float32) / 255
+    x_test = x_test.reshape((len(x_test), -1) if flat else (len(x_test),) + image_shape).astype(np.float32) / 255
     mean, std = float(x_train.mean()), float(x_train.std())
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     load_seconds = time.perf_counter() - start
 
-    sizes = [x_train.shape[1]] + args.hidden + [int(y_train.max()) + 1]
-    model = build_mlp(sizes, args.activation, args.dropout)
+    classes = int(y_train.max()) + 1
+    if flat:
+        sizes = [x_train.shape[1]] + args.hidden + [classes]
+        model = build_mlp(sizes, args.activation, args.dropout)
+        described = f"network {'-'.join(map(str, sizes))} {args.activation}"
+    else:
+        sizes = {"channels": args.channels, "hidden": args.hidden[0] if args.hidden else 128}
+        model = build_cnn(args.channels, sizes["hidden"], classes, image_shape, args.dropout)
+        described = (f"network cnn {'x'.join(map(str, image_shape))} -> "
+                     f"{' -> '.join(f'conv3x3({c}) bn relu pool2' for c in args.channels)} -> {sizes['hidden']} -> {classes}")
     params = model.parameters()
     if args.optimizer == "sgd":
         opt = optim.SGD(params, lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
@@ -160,7 +187,7 @@ def _train(args, comm) -> int:
     if comm is not None:
         from fuseprop.distributed import DataParallel
         ddp = DataParallel(model, comm, timeout=args.timeout)
-    say(f"network {'-'.join(map(str, sizes))} {args.activation}, {sum(p.size for p in params)} parameters; "
+    say(f"{described}, {sum(p.size for p in params)} parameters; "
           f"{len(x_train)} training and {len(x_test)} test samples ({args.dataset if not args.train_images else 'IDX files'}, "
           f"loaded in {load_seconds:.1f} s); {args.optimizer} lr {args.lr} ({args.schedule}), batch {args.batch_size}"
           + (f" over {ddp.world_size} ranks, {fuseprop.get_num_threads()} thread(s) each" if ddp else ""))
@@ -179,7 +206,8 @@ def _train(args, comm) -> int:
     if args.out and main:
         os.makedirs(args.out, exist_ok=True)
         checkpoint.save_checkpoint(os.path.join(args.out, "checkpoint." + checkpoint.default_format()), model, opt,
-                                   extra={"mean": mean, "std": std, "sizes": sizes, "activation": args.activation})
+                                   extra={"mean": mean, "std": std, "model": args.model, "sizes": sizes,
+                                          "activation": args.activation})
         try:
             from fuseprop.diagnostics import plot_history
             plot_history(history, os.path.join(args.out, "curves.png"))
@@ -202,7 +230,7 @@ def main(argv=None) -> int:
     p.add_argument("--noise", type=float, default=10.0, help="pixel noise; larger is harder")
     p.add_argument("--seed", type=int, default=0)
 
-    t = sub.add_parser("train", help="train an MLP on Fashion-MNIST, MNIST or IDX files")
+    t = sub.add_parser("train", help="train an MLP or a CNN on Fashion-MNIST, MNIST or IDX files")
     t.add_argument("--dataset", choices=_DATASETS, default="fashion-mnist")
     t.add_argument("--data", metavar="DIR", help="folder of the four IDX files (default for fashion-mnist: "
                    "$FUSEPROP_DATA, /usr/share/datasets/fashion-mnist, the user cache)")
@@ -210,13 +238,17 @@ def main(argv=None) -> int:
                    help="fetch Fashion-MNIST from its official source (checksums verified) when it is not found")
     for name in ("train-images", "train-labels", "test-images", "test-labels"):
         t.add_argument(f"--{name}", help="IDX file (optionally .gz), instead of --dataset")
-    t.add_argument("--hidden", type=int, nargs="*", default=[256, 128], help="hidden layer widths")
+    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                   help="mlp: Linear layers of --hidden widths; cnn: a 3x3 conv (batch norm, ReLU, 2x2 max pool) per "
+                   "--channels entry, then one hidden Linear layer of --hidden[0] (default 128)")
+    t.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden layer widths (mlp default: 256 128)")
+    t.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="cnn: output channels of each conv block")
     t.add_argument("--activation", choices=sorted(_ACTIVATIONS), default="relu")
     t.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="adamw")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--schedule", choices=["cosine", "step", "none"], default="cosine",
                    help="cosine: per step down to 0 over the run; step: x0.1 every third of the epochs")
-    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--epochs", type=int, default=None, help="default: 20 (mlp), 8 (cnn)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--label-smoothing", type=float, default=0.1)
@@ -240,6 +272,11 @@ def main(argv=None) -> int:
         return 0
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "train":
+        if args.hidden is None:
+            args.hidden = [256, 128] if args.model == "mlp" else [128]
+        if args.epochs is None:
+            args.epochs = 20 if args.model == "mlp" else 8
     return demo(args) if args.command == "demo" else train(args)
 
 

@@ -106,7 +106,7 @@ _EXTENSIONS = {".safetensors": "safetensors", ".npz": "npz"}
 
 
 def save_checkpoint(path, model, optimizer=None, extra=None, format: str | None = None) -> None:
-    """Save model's parameters, optimizer's state_dict() and extra (JSON values, tuples and NumPy arrays,
+    """Save model's parameters and buffers, optimizer's state_dict() and extra (JSON values, tuples and NumPy arrays,
     nested in dicts and lists) to path, atomically. format is "safetensors" or "npz"; None takes it from
     path's extension (.safetensors or .npz), and for any other name picks safetensors when it is
     installed (pip install 'fuseprop[checkpoint]'), else npz. A format the extension contradicts is refused."""
@@ -160,7 +160,7 @@ def load_checkpoint(path, model, optimizer=None):
     checked against the model and optimizer first: a mismatch raises KeyError or ValueError and changes nothing."""
     path = os.fspath(path)
     tensors, meta = _read(path)
-    params = dict(model.named_parameters())
+    params = model.state_dict()  # parameters and buffers (BatchNorm's running statistics), as saved
     saved = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     missing, unexpected = sorted(set(params) - set(saved)), sorted(set(saved) - set(params))
     if missing or unexpected:

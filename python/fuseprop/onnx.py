@@ -5,12 +5,15 @@ checked by ``onnx.checker`` (full check, shape inference included) before it is 
 
 - one input "input" of shape ("batch", in_features) and one output "output" of shape ("batch",
   out_features), "batch" a dynamic dimension (any batch size, 0 included), in the model's dtype (float32
-  or float64);
+  or float64); a model whose first layer takes images (Conv2d, a pooling layer, BatchNorm2d) takes
+  ("batch", channels, "height", "width"), with the spatial sizes dynamic too;
 - the weights as initializers named as ``model.state_dict()`` keys them ("0.weight", "3.1.bias", ...);
 - opset 20 (IR version 9), one node per layer: Linear -> Gemm (transB=1, the bias as C), Identity ->
   Identity, ReLU -> Relu, LeakyReLU -> LeakyRelu(alpha), Sigmoid -> Sigmoid, Tanh -> Tanh, GELU -> Gelu
-  (approximate "none" or "tanh"), Softmax / LogSoftmax -> Softmax / LogSoftmax (axis -1), nested
-  Sequentials flattened.
+  (approximate "none" or "tanh"), Softmax / LogSoftmax -> Softmax / LogSoftmax (axis -1), Conv2d -> Conv,
+  MaxPool2d -> MaxPool, AvgPool2d -> AveragePool (count_include_pad), Flatten(1, -1) -> Flatten(axis 1),
+  BatchNorm1d/2d -> BatchNormalization (the running statistics: eval mode), LayerNorm -> LayerNormalization,
+  nested Sequentials flattened.
 
 float64 and onnxruntime (1.32): it has no float64 LeakyRelu kernel, so in a float64 model LeakyReLU is
 written as Where(x < 0, x * alpha, x), exactly the same function; it has no float64 Erf or exact Gelu
@@ -35,7 +38,8 @@ OPSET = 20  # Gelu (with its approximate attribute) is new in opset 20
 IR_VERSION = 9  # the IR version of opset 20: runtimes that read opset 20 read it
 _ELEM_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
 _ELEMENTWISE = {nn.Identity: "Identity", nn.ReLU: "Relu", nn.Sigmoid: "Sigmoid", nn.Tanh: "Tanh"}
-_SUPPORTED = "Sequential, Linear, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, Dropout"
+_SUPPORTED = ("Sequential, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, BatchNorm1d, BatchNorm2d, LayerNorm, "
+              "Identity, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, Dropout")
 
 
 class _Graph:
@@ -47,6 +51,10 @@ class _Graph:
         self.current = "input"
         self.features = None  # the feature count of the current tensor, once a Linear fixed it
         self.in_features = None  # the input's, fixed by the first Linear
+        self.rank = None  # the input's rank, once the first layer that needs one fixed it: 2 (Linear), 4 (Conv2d ...)
+        self.flat = False  # the current tensor is (N, features): after a Linear or a Flatten
+        self.in_channels = None  # a 4-D input's channels, where the first layer fixes them
+        self.channels = None
 
     def node(self, op: str, path: str, extra_inputs=(), **attrs):
         out = f"{path}/{op}"
@@ -68,14 +76,14 @@ def _add(graph: _Graph, m, path: str):
         if graph.features is not None and graph.features != m.in_features:
             raise ValueError(f"{where} (Linear) takes {m.in_features} features, the layer before it gives "
                              f"{graph.features}: the model cannot run")
-        if graph.in_features is None:
-            graph.in_features = m.in_features
+        if graph.in_features is None and graph.rank is None:
+            graph.in_features, graph.rank = m.in_features, 2
         state = m.state_dict()
         inputs = [graph.constant(f"{path}.weight" if path else "weight", state["weight"])]
         if "bias" in state:
             inputs.append(graph.constant(f"{path}.bias" if path else "bias", state["bias"]))
         graph.node("Gemm", path or "linear", inputs, transB=1)  # y = x @ weight.T + bias
-        graph.features = m.out_features
+        graph.features, graph.flat = m.out_features, True
     elif kind in _ELEMENTWISE:
         graph.node(_ELEMENTWISE[kind], path or "layer")
     elif kind is nn.LeakyReLU:
@@ -98,9 +106,60 @@ def _add(graph: _Graph, m, path: str):
         graph.node(kind.__name__, path or "layer", axis=-1)  # dim -1 and 1 are the same axis of a 2-D input
     elif kind is nn.Dropout:
         pass  # eval mode: the identity
+    elif kind is nn.Conv2d:
+        _spatial_input(graph, m.in_channels, where, "Conv2d")
+        state = m.state_dict()
+        name = path or "conv"
+        inputs = [graph.constant(f"{path}.weight" if path else "weight", state["weight"])]
+        if "bias" in state:
+            inputs.append(graph.constant(f"{path}.bias" if path else "bias", state["bias"]))
+        graph.node("Conv", name, inputs, kernel_shape=list(m.kernel_size), strides=list(m.stride),
+                   pads=[*m.padding, *m.padding], dilations=list(m.dilation))
+        graph.channels, graph.features = m.out_channels, None
+    elif kind in (nn.MaxPool2d, nn.AvgPool2d):
+        _spatial_input(graph, None, where, kind.__name__)
+        attrs = dict(kernel_shape=list(m.kernel_size), strides=list(m.stride), pads=[*m.padding, *m.padding])
+        if kind is nn.AvgPool2d:
+            attrs["count_include_pad"] = int(m.count_include_pad)
+        graph.node("MaxPool" if kind is nn.MaxPool2d else "AveragePool", path or "pool", **attrs)
+    elif kind is nn.Flatten:
+        if (m.start_dim, m.end_dim) != (1, -1):
+            raise ValueError(f"{where} (Flatten) has start_dim={m.start_dim}, end_dim={m.end_dim}; the ONNX export "
+                             "takes Flatten(1, -1), the (N, features) form a Linear reads")
+        graph.node("Flatten", path or "flatten", axis=1)
+        graph.flat, graph.features = True, None
+    elif kind in (nn.BatchNorm1d, nn.BatchNorm2d):
+        if not m.track_running_stats:
+            raise ValueError(f"{where} ({kind.__name__}) has track_running_stats=False: in eval mode it normalises "
+                             "with each batch's statistics, which ONNX's inference BatchNormalization does not do")
+        if kind is nn.BatchNorm2d:
+            _spatial_input(graph, m.num_features, where, kind.__name__)
+        state, key = m.state_dict(), (lambda n: f"{path}.{n}" if path else n)
+        C = m.num_features
+        scale = state.get("weight", np.ones(C, graph.dtype))
+        shift = state.get("bias", np.zeros(C, graph.dtype))
+        inputs = [graph.constant(key("weight"), scale), graph.constant(key("bias"), shift),
+                  graph.constant(key("running_mean"), state["running_mean"]),
+                  graph.constant(key("running_var"), state["running_var"])]
+        graph.node("BatchNormalization", path or "batchnorm", inputs, epsilon=m.eps)
+    elif kind is nn.LayerNorm:
+        key = (lambda n: f"{path}.{n}" if path else n)
+        state = m.state_dict()
+        inputs = [graph.constant(key("weight"), state.get("weight", np.ones(m.normalized_shape, graph.dtype)))]
+        if "bias" in state:
+            inputs.append(graph.constant(key("bias"), state["bias"]))
+        graph.node("LayerNormalization", path or "layernorm", inputs, axis=-len(m.normalized_shape), epsilon=m.eps)
     else:
         raise TypeError(f"fuseprop.onnx.export: {where} is a {kind.__module__}.{kind.__qualname__}, which has no "
                         f"ONNX form here (supported: {_SUPPORTED})")
+
+
+def _spatial_input(graph: _Graph, channels, where: str, name: str):
+    """A layer that takes (N, C, H, W): it fixes the input's form when it comes first, and refuses a 2-D input."""
+    if graph.flat:
+        raise ValueError(f"{where} ({name}) takes (N, C, H, W), the layer before it gives (N, features)")
+    if graph.rank is None:
+        graph.rank, graph.in_channels = 4, channels
 
 
 def to_onnx(model, *, input_features: int | None = None, dtype=None) -> onnx.ModelProto:
@@ -119,16 +178,20 @@ def to_onnx(model, *, input_features: int | None = None, dtype=None) -> onnx.Mod
     _add(graph, model, "")
     if graph.in_features is not None and input_features is not None and input_features != graph.in_features:
         raise ValueError(f"input_features is {input_features}, the model's first Linear takes {graph.in_features}")
-    in_features = graph.in_features or input_features or "features"
-    out_features = graph.features or in_features
+    if graph.rank == 4:
+        in_shape = ["batch", graph.in_channels or "channels", "height", "width"]
+        out_shape = ["batch", graph.features] if graph.features else None  # after Flatten and Linear; else inferred
+    else:
+        in_features = graph.in_features or input_features or "features"
+        in_shape, out_shape = ["batch", in_features], ["batch", graph.features or in_features]
     if graph.nodes:
         graph.nodes[-1].output[0] = "output"
     else:  # nothing but Dropout (or nothing): the identity
         graph.nodes.append(helper.make_node("Identity", ["input"], ["output"], name="identity"))
     elem = _ELEM_TYPE[dt]
     proto = helper.make_model(
-        helper.make_graph(graph.nodes, "fuseprop", [helper.make_tensor_value_info("input", elem, ["batch", in_features])],
-                          [helper.make_tensor_value_info("output", elem, ["batch", out_features])],
+        helper.make_graph(graph.nodes, "fuseprop", [helper.make_tensor_value_info("input", elem, in_shape)],
+                          [helper.make_tensor_value_info("output", elem, out_shape)],
                           initializer=graph.initializers),
         opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION, producer_name="fuseprop",
         producer_version=__version__, doc_string="exported by fuseprop.onnx.export (eval-mode forward)")

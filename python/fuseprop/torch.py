@@ -9,8 +9,10 @@
 - ``TorchModule(model)``: a ``torch.nn.Module`` whose forward and backward run fuseprop's kernels, so a
   fuseprop network trains inside a larger PyTorch model (see its docstring for the rules).
 
-The twins, both ways: Sequential (nested too), Linear, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, GELU
-("none" or "tanh"), Softmax and LogSoftmax (over the last axis of a 2-D input: dim -1 or 1), Dropout.
+The twins, both ways: Sequential (nested too), Linear, Conv2d (groups 1, zero padding), BatchNorm1d,
+BatchNorm2d, LayerNorm (parameters and buffers), MaxPool2d, AvgPool2d, Flatten, Identity, ReLU, LeakyReLU,
+Sigmoid, Tanh, GELU ("none" or "tanh"), Softmax and LogSoftmax (over the last axis of a 2-D input: dim -1
+or 1), Dropout.
 Anything else (a subclass included: it may compute something else) raises TypeError naming the module.
 """
 from __future__ import annotations
@@ -40,9 +42,61 @@ _ACTIVATIONS = [
     (nn.LogSoftmax, torch.nn.LogSoftmax, lambda m: torch.nn.LogSoftmax(dim=m.dim), lambda t: nn.LogSoftmax(_dim(t))),
     (nn.Dropout, torch.nn.Dropout, lambda m: torch.nn.Dropout(m.p), lambda t: nn.Dropout(t.p)),
 ]
+_ACTIVATIONS += [
+    (nn.MaxPool2d, torch.nn.MaxPool2d, lambda m: torch.nn.MaxPool2d(m.kernel_size, m.stride, m.padding),
+     lambda t: nn.MaxPool2d(t.kernel_size, t.stride, t.padding, t.dilation, t.return_indices, t.ceil_mode)),
+    (nn.AvgPool2d, torch.nn.AvgPool2d,
+     lambda m: torch.nn.AvgPool2d(m.kernel_size, m.stride, m.padding, count_include_pad=m.count_include_pad),
+     lambda t: nn.AvgPool2d(t.kernel_size, t.stride, t.padding, t.ceil_mode, t.count_include_pad, t.divisor_override)),
+    (nn.Flatten, torch.nn.Flatten, lambda m: torch.nn.Flatten(m.start_dim, m.end_dim),
+     lambda t: nn.Flatten(t.start_dim, t.end_dim)),
+]
+
+
+def _conv_from_torch(t, dtype, generator):
+    if t.groups != 1 or t.padding_mode != "zeros" or isinstance(t.padding, str):
+        raise ValueError("fuseprop's Conv2d has groups=1, zero padding given as numbers (no 'same' / 'valid', "
+                         f"no padding_mode {t.padding_mode!r})")
+    return nn.Conv2d(t.in_channels, t.out_channels, t.kernel_size, t.stride, t.padding, t.dilation,
+                     bias=t.bias is not None, dtype=dtype, generator=generator)
+
+
+def _batch_norm_args(m):
+    return dict(num_features=m.num_features, eps=m.eps, momentum=m.momentum, affine=m.affine,
+                track_running_stats=m.track_running_stats)
+
+
+# The layers with state (parameters, buffers), as (fuseprop type, torch type, fuseprop -> torch (made with
+# skip_init: no random draws), torch -> fuseprop (a throwaway generator for the values the state overwrites)).
+_STATEFUL = [
+    (nn.Linear, torch.nn.Linear,
+     lambda m, dtype: torch.nn.utils.skip_init(torch.nn.Linear, m.in_features, m.out_features,
+                                               bias=m.bias is not None, dtype=dtype),
+     lambda t, dtype, gen: nn.Linear(t.in_features, t.out_features, bias=t.bias is not None, dtype=dtype,
+                                     generator=gen)),
+    (nn.Conv2d, torch.nn.Conv2d,
+     lambda m, dtype: torch.nn.utils.skip_init(torch.nn.Conv2d, m.in_channels, m.out_channels, m.kernel_size,
+                                               stride=m.stride, padding=m.padding, dilation=m.dilation,
+                                               bias=m.bias is not None, dtype=dtype),
+     _conv_from_torch),
+    (nn.BatchNorm1d, torch.nn.BatchNorm1d,
+     lambda m, dtype: torch.nn.utils.skip_init(torch.nn.BatchNorm1d, **_batch_norm_args(m), dtype=dtype),
+     lambda t, dtype, gen: nn.BatchNorm1d(**_batch_norm_args(t), dtype=dtype)),
+    (nn.BatchNorm2d, torch.nn.BatchNorm2d,
+     lambda m, dtype: torch.nn.utils.skip_init(torch.nn.BatchNorm2d, **_batch_norm_args(m), dtype=dtype),
+     lambda t, dtype, gen: nn.BatchNorm2d(**_batch_norm_args(t), dtype=dtype)),
+    (nn.LayerNorm, torch.nn.LayerNorm,
+     lambda m, dtype: torch.nn.utils.skip_init(torch.nn.LayerNorm, m.normalized_shape, eps=m.eps,
+                                               elementwise_affine=m.elementwise_affine,
+                                               bias=m.bias is not None or not m.elementwise_affine, dtype=dtype),
+     lambda t, dtype, gen: nn.LayerNorm(t.normalized_shape, eps=t.eps, elementwise_affine=t.elementwise_affine,
+                                        bias=t.bias is not None or not t.elementwise_affine, dtype=dtype)),
+]
 _TO_TORCH = {ours: make for ours, _, make, _ in _ACTIVATIONS}
 _FROM_TORCH = {theirs: make for _, theirs, _, make in _ACTIVATIONS}
-_SUPPORTED = "Sequential, Linear, " + ", ".join(ours.__name__ for ours, *_ in _ACTIVATIONS)
+_STATEFUL_TO = {ours: make for ours, _, make, _ in _STATEFUL}
+_STATEFUL_FROM = {theirs: make for _, theirs, _, make in _STATEFUL}
+_SUPPORTED = "Sequential, " + ", ".join(ours.__name__ for ours, *_ in _STATEFUL + _ACTIVATIONS)
 
 
 def _where(path: str) -> str:
@@ -70,12 +124,11 @@ def _to_torch(m, path: str):
     if kind is nn.Sequential:
         twin = torch.nn.Sequential(OrderedDict(
             (name, _to_torch(child, f"{path}.{name}" if path else name)) for name, child in m._modules.items()))
-    elif kind is nn.Linear:
+    elif kind in _STATEFUL_TO:
         state = m.state_dict()
-        dtype = _TORCH_DTYPES[state["weight"].dtype]
+        dtype = _TORCH_DTYPES[np.dtype(getattr(m, "_dtype", None) or m.weight.dtype)]
         # skip_init: no random initialisation to overwrite, and torch's generator is left where it was.
-        twin = torch.nn.utils.skip_init(torch.nn.Linear, m.in_features, m.out_features, bias=m.bias is not None,
-                                        dtype=dtype)
+        twin = _STATEFUL_TO[kind](m, dtype)
         twin.load_state_dict(state_dict_to_torch(state))
     elif kind in _TO_TORCH:
         twin = _TO_TORCH[kind](m)
@@ -99,20 +152,23 @@ def _from_torch(t, path: str):
     if kind is torch.nn.Sequential:
         ours = nn.Sequential(*(_from_torch(child, f"{path}.{name}" if path else name)
                                for name, child in t.named_children()))
-    elif kind is torch.nn.Linear:
+    elif kind in _STATEFUL_FROM:
+        floats = [v.dtype for v in t.state_dict().values() if v.is_floating_point()] or [torch.float32]
+        if floats[0] not in (torch.float32, torch.float64):
+            raise TypeError(f"from_torch: {_where(path)} (torch.nn.{kind.__name__}) is {floats[0]}; fuseprop layers "
+                            "are float32 or float64")
         state = {k: v.detach().cpu().numpy() for k, v in t.state_dict().items()}
-        dtype = state["weight"].dtype
-        if dtype not in _TORCH_DTYPES:
-            raise TypeError(f"from_torch: {_where(path)} (torch.nn.Linear) is {t.weight.dtype}; fuseprop layers are "
-                            "float32 or float64")
-        # A throwaway generator for the initial values load_state_dict overwrites: fuseprop's stream is untouched.
-        ours = nn.Linear(t.in_features, t.out_features, bias=t.bias is not None, dtype=dtype,
-                         generator=np.random.default_rng(0))
+        dtype = np.dtype(np.float32) if floats[0] == torch.float32 else np.dtype(np.float64)
+        try:
+            # A throwaway generator for the initial values load_state_dict overwrites: fuseprop's stream is untouched.
+            ours = _STATEFUL_FROM[kind](t, dtype, np.random.default_rng(0))
+        except (ValueError, NotImplementedError) as e:
+            raise ValueError(f"from_torch: {_where(path)} (torch.nn.{kind.__name__}): {e}") from None
         ours.load_state_dict(state)
     elif kind in _FROM_TORCH:
         try:
             ours = _FROM_TORCH[kind](t)
-        except ValueError as e:
+        except (ValueError, NotImplementedError) as e:
             raise ValueError(f"from_torch: {_where(path)} (torch.nn.{kind.__name__}): {e}") from None
     else:
         raise TypeError(f"from_torch: {_where(path)} is a {kind.__module__}.{kind.__qualname__}, which fuseprop has "
@@ -138,17 +194,21 @@ def state_dict_to_torch(state_dict) -> "OrderedDict[str, torch.Tensor]":
 # -------------------------------------------------------------------------------------------------
 # A fuseprop model as a torch.nn.Module
 
-_DETERMINISTIC = (nn.Sequential, nn.Linear, nn.Softmax, nn.LogSoftmax) + tuple(
+_DETERMINISTIC = (nn.Sequential, nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Softmax, nn.LogSoftmax) + tuple(
     ours for ours, *_ in _ACTIVATIONS if ours is not nn.Dropout)
 
 
 def _replay_refusal(model) -> str | None:
     """Why running model's forward again on the same input could give another result (None: it cannot)."""
     for path, m in model.named_modules():
+        if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) and not (m.training and m.track_running_stats):
+            continue  # no running statistics to update twice
         if type(m) is nn.Dropout and (not m.training or m.p == 0.0):
             continue
         if type(m) not in _DETERMINISTIC:
-            what = "draws a new dropout mask" if type(m) is nn.Dropout else "is not known to compute the same twice"
+            what = ("draws a new dropout mask" if type(m) is nn.Dropout else
+                    "would update its running statistics twice" if type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) else
+                    "is not known to compute the same twice")
             return f"{_where(path)} ({type(m).__name__}) {what}"
     return None
 
@@ -251,18 +311,26 @@ class TorchModule(torch.nn.Module):
         self._dtype = _TORCH_DTYPES[np.dtype(dtypes[0])] if dtypes else None
         self._pairs = []  # (name, fuseprop Parameter, torch Parameter on its memory)
         for name, p in model.named_parameters():
-            holder = self
-            *path, leaf = name.split(".")
-            for part in path:
-                if part not in holder._modules:
-                    holder.add_module(part, torch.nn.Module())
-                holder = holder._modules[part]
+            holder, leaf = self._holder(name)
             tp = torch.nn.Parameter(torch.from_numpy(p.data))
             holder.register_parameter(leaf, tp)
             self._pairs.append((name, p, tp))
+        for name, b in model.named_buffers():  # BatchNorm's running statistics, on fuseprop's memory too
+            holder, leaf = self._holder(name)
+            holder.register_buffer(leaf, torch.from_numpy(b))
         self._forwards = 0  # forwards run through the autograd function
         self._live = None  # (forward, model's forward number) whose tape the model holds unused, or None
         super().train(model.training)
+
+    def _holder(self, name):
+        """The (nested, empty) torch module a dotted state-dict name lives in, and its last part."""
+        holder = self
+        *path, leaf = name.split(".")
+        for part in path:
+            if part not in holder._modules:
+                holder.add_module(part, torch.nn.Module())
+            holder = holder._modules[part]
+        return holder, leaf
 
     def train(self, mode: bool = True):
         super().train(mode)

@@ -11,14 +11,14 @@ method of its own:
 A plan is a chain of segments. A segment is one layer whose kind opens a segment (Linear: the GEMM)
 and, optionally, one layer whose kind the opener's epilogue applies (an elementwise activation, applied
 while the GEMM's output tiles are in cache). A new layer type with a native form describes itself in its
-own ``native_layer()`` and registers its kind in ``SEGMENT_OPENERS`` or ``EPILOGUES`` below (and the
-native plan learns the kind in csrc/plan).
+own ``native_layer()`` and registers its kind in ``SEGMENT_OPENERS`` or ``EPILOGUES`` below, and in
+``PLAN_KINDS`` once the native plan (csrc/plan) runs it.
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-__all__ = ["NativeLayer", "NativeOptimizer", "SEGMENT_OPENERS", "EPILOGUES", "Segment", "compile_chain",
+__all__ = ["NativeLayer", "NativeOptimizer", "SEGMENT_OPENERS", "EPILOGUES", "PLAN_KINDS", "Segment", "compile_chain",
            "segments", "plan_layers"]
 
 
@@ -42,9 +42,12 @@ class NativeOptimizer(NamedTuple):
     fresh_state: Callable  # (param, group, zeros, empty) -> the state entry its first update creates ({} for none)
 
 
-# Registration: the kinds of NativeLayer the plans take, and the settings the plan's layer tuple reads.
-SEGMENT_OPENERS = {"linear"}
+# Registration: the kinds of NativeLayer that open a segment (their epilogue can apply an activation: the
+# per-layer path runs such a pair as one call), the kinds applied in an epilogue, and, of these, the kinds
+# the native whole-step plans take (a model with any other trains layer by layer).
+SEGMENT_OPENERS = {"linear", "conv2d"}
 EPILOGUES = {"activation"}
+PLAN_KINDS = {"linear", "activation"}
 
 
 class Segment(NamedTuple):
@@ -89,8 +92,9 @@ def compile_chain(modules, parameters) -> list | str:
     epilogue) with every parameter of one dtype; else why not (a str)."""
     chain, position = [], 0
     for first, epilogue in segments(modules):
-        if not isinstance(first, NativeLayer):
-            return f"module {position} ({type(first).__name__}) is not a Linear layer or one activation after it"
+        if not isinstance(first, NativeLayer) or first.kind not in PLAN_KINDS:
+            module = first.module if isinstance(first, NativeLayer) else first
+            return f"module {position} ({type(module).__name__}) is not a Linear layer or one activation after it"
         chain.append(Segment(first, epilogue))
         position += 1 if epilogue is None else 2
     if not chain:

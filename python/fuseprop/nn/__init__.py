@@ -10,7 +10,8 @@ the model's dtype (the caller's array is never modified). Parameters are never c
 dtype, shape or layout raises.
 
 The package: ``module`` (Module and the protocol the step, the plans and the training loop use),
-``linear``, ``activation``, ``dropout``, ``container`` (Sequential), ``cuda_inference`` (forward on the
+``linear``, ``conv`` (Conv2d), ``pooling`` (MaxPool2d, AvgPool2d, Flatten), ``normalization``
+(BatchNorm1d, BatchNorm2d, LayerNorm), ``activation``, ``dropout``, ``container`` (Sequential), ``cuda_inference`` (forward on the
 GPU), ``utils`` (gradient clipping, as torch.nn.utils). Each layer describes its native form itself
 (``native_layer()``), so the plans (fuseprop.engine) import no layer class.
 """
@@ -22,9 +23,13 @@ from .._tape import no_grad
 from . import utils
 from .activation import GELU, Identity, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .container import Sequential
+from .conv import Conv2d
 from .dropout import Dropout
 from .linear import Linear
 from .module import Module
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
+from .pooling import AvgPool2d, Flatten, MaxPool2d
 
 __all__ = ["Parameter", "Module", "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU",
-           "Softmax", "LogSoftmax", "Dropout", "Sequential", "no_grad", "init", "utils"]
+           "Softmax", "LogSoftmax", "Dropout", "Sequential", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
+           "BatchNorm1d", "BatchNorm2d", "LayerNorm", "no_grad", "init", "utils"]

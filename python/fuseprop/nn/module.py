@@ -29,6 +29,7 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
 
@@ -39,6 +40,11 @@ class Module:
         if (not name.startswith("_") or isinstance(value, (Parameter, Module)) or name in self._parameters
                 or name in self._modules):
             touch()
+        if name in self.__dict__.get("_buffers", ()):
+            touch()
+            self._buffers[name] = _checked_buffer(name, value, self._buffers[name])
+            object.__setattr__(self, name, self._buffers[name])
+            return
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         if isinstance(value, Parameter):
@@ -107,6 +113,36 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def register_buffer(self, name: str, array):
+        """State that is not trained but belongs to the model (BatchNorm's running statistics): a NumPy
+        array, in state_dict() and checkpoints under its dotted name, as torch's buffers."""
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"buffer {name!r} must be a numpy.ndarray, got {type(array).__name__}")
+        if name in self._parameters or name in self._modules:
+            raise KeyError(f"{name!r} is already a parameter or a submodule of {type(self).__name__}")
+        touch()
+        self._buffers[name] = np.require(array, None, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"])
+        object.__setattr__(self, name, self._buffers[name])
+
+    def named_buffers(self, prefix: str = ""):
+        for name, b in self._buffers.items():
+            yield prefix + name, b
+        for name, m in self._modules.items():
+            yield from m.named_buffers(prefix + name + ".")
+
+    def buffers(self):
+        return [b for _, b in self.named_buffers()]
+
+    def _state_items(self, prefix: str = ""):
+        """(name, array, what) in PyTorch's state-dict order: a module's parameters, its buffers, then its
+        children's, depth first."""
+        for name, p in self._parameters.items():
+            yield prefix + name, p, "parameter"
+        for name, b in self._buffers.items():
+            yield prefix + name, b, "buffer"
+        for name, m in self._modules.items():
+            yield from m._state_items(prefix + name + ".")
+
     def named_modules(self, prefix: str = ""):
         yield prefix, self
         for name, m in self._modules.items():
@@ -137,6 +173,11 @@ class Module:
             if wrong:
                 raise TypeError(f"the CUDA backend is float32 only; this model has {', '.join(wrong)} parameters: "
                                 "build it with dtype=np.float32")
+            with_state = [f"{name or type(self).__name__} ({type(m).__name__})" for name, m in self.named_modules()
+                          if m._buffers]
+            if with_state:  # running statistics have no device form yet: the model would be half on the GPU
+                raise NotImplementedError(f"cannot move the model to {device!r}: {', '.join(with_state)} keeps "
+                                          "buffers, which run on the CPU only")
         for p in params:
             p._move(target)
         return self
@@ -183,9 +224,15 @@ class Module:
 
     # -- state
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
-        """Copies of every parameter, keyed as PyTorch keys them ("0.weight", "0.bias", ...)."""
-        return OrderedDict((name, p.data.numpy() if p.device == "cuda" else p.data.copy())
-                           for name, p in self.named_parameters())
+        """Copies of every parameter and buffer, keyed and ordered as PyTorch keys them ("0.weight",
+        "0.bias", "1.running_mean", ...)."""
+        out = OrderedDict()
+        for name, value, what in self._state_items():
+            if what == "buffer":
+                out[name] = value.copy()
+            else:
+                out[name] = value.data.numpy() if value.device == "cuda" else value.data.copy()
+        return out
 
     def load_state_dict(self, state_dict, strict: bool = True):
         """Copy values into the parameters (in place). Every key, shape and dtype is checked before
@@ -197,20 +244,23 @@ class Module:
         TypeError naming the key and both dtypes instead of being cast (cast it yourself, knowing what
         it loses). Plain Python lists and numbers carry no dtype: they convert to the parameter's, and
         one too large for it raises ValueError."""
-        params = dict(self.named_parameters())
-        missing = [k for k in params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in params]
+        targets = {name: (value, what) for name, value, what in self._state_items()}
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
         if strict and (missing or unexpected):
             raise KeyError(f"state_dict does not match the model: missing keys {missing}, unexpected keys {unexpected}")
         staged = []
-        for name, p in params.items():
+        for name, (target, what) in targets.items():
             if name in state_dict:
-                staged.append((p, _state_value(name, state_dict[name], p)))
-        for p, value in staged:
-            if p.device == "cuda":
-                p.data.copy_(np.ascontiguousarray(value))
+                like = target if what == "buffer" else target.data
+                staged.append((target, what, _state_value(name, state_dict[name], like, what)))
+        for target, what, value in staged:
+            if what == "buffer":
+                np.copyto(target, value)  # in place: a layer's own reference to it stays valid
+            elif target.device == "cuda":
+                target.data.copy_(np.ascontiguousarray(value))
             else:
-                np.copyto(p.data, value)
+                np.copyto(target.data, value)
         return {"missing_keys": missing, "unexpected_keys": unexpected}
 
     def extra_repr(self) -> str:
@@ -223,13 +273,24 @@ class Module:
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
 
-def _state_value(name: str, value, p) -> np.ndarray:
-    """state_dict[name] as a NumPy array of p's dtype and shape, or the reason it is refused."""
+def _checked_buffer(name: str, value, old) -> np.ndarray:
+    """A new value assigned to a registered buffer: an ndarray of the old one's dtype (a layer keeps its
+    buffers' dtypes: float statistics, int64 counts); any shape (torch allows resizing a buffer)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"buffer {name!r} must be a numpy.ndarray, got {type(value).__name__}")
+    if value.dtype != old.dtype:
+        raise TypeError(f"buffer {name!r} must have dtype {old.dtype}, got {value.dtype}")
+    return np.require(value, None, ["C_CONTIGUOUS", "ALIGNED", "WRITEABLE"])
+
+
+def _state_value(name: str, value, p, what: str = "parameter") -> np.ndarray:
+    """state_dict[name] as a NumPy array of p's dtype and shape (p: a parameter's data or a buffer), or
+    the reason it is refused."""
     if not isinstance(value, np.ndarray) and callable(getattr(value, "detach", None)) and hasattr(value, "numpy"):
         try:  # a torch tensor: its values, whatever its device or requires_grad
             value = value.detach().cpu().numpy()
         except TypeError:  # a dtype NumPy has no twin for (bfloat16)
-            raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, the parameter has dtype {p.dtype}: "
+            raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, the {what} has dtype {p.dtype}: "
                             "load_state_dict does not cast (convert it first)") from None
     if isinstance(value, (list, tuple, int, float)) and not isinstance(value, bool):
         # No dtype to disagree with: the numbers, in the parameter's dtype.
@@ -239,14 +300,14 @@ def _state_value(name: str, value, p) -> np.ndarray:
         with np.errstate(over="ignore"):
             converted = arr.astype(p.dtype)
         if np.isfinite(arr).all() and not np.isfinite(converted).all():
-            raise ValueError(f"state_dict[{name!r}] holds values too large for the parameter's dtype {p.dtype}")
+            raise ValueError(f"state_dict[{name!r}] holds values too large for the {what}'s dtype {p.dtype}")
         value = converted
     value = np.asarray(value)
     if value.dtype != p.dtype:
-        raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, the parameter has dtype {p.dtype}: "
+        raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, the {what} has dtype {p.dtype}: "
                         f"load_state_dict does not cast (convert it first, e.g. .astype(np.{p.dtype}))")
     if value.shape != p.shape:
-        raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the parameter has {p.shape}")
+        raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, the {what} has {p.shape}")
     return value
 
 

@@ -5,7 +5,8 @@ Same names and signatures as :mod:`fuseprop.reference` (see OPS_SPEC.md in the s
 the PyTorch-named functions at the end of this module.
 These functions are strict, like the kernels under them: floating-point arrays must be float32 or
 float64 (one dtype per call), C-contiguous and aligned; arrays updated in place (``c``,
-``grad_weight``, ``grad_bias``, optimizer state) must also be writeable and must not overlap the
+``grad_weight``, ``grad_bias``, optimizer state,
+``running_mean`` / ``running_var``) must also be writeable and must not overlap the
 inputs. Anything else raises ``TypeError`` / ``ValueError`` naming the argument, and nothing is
 written. The one conversion made here is explicit and harmless: integer class labels of any
 integer dtype become a new int64 array.

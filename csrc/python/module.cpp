@@ -23,6 +23,7 @@ PYBIND11_MODULE(_C, m) {
   bind_linear(m);
   bind_losses(m);
   bind_optim(m);
+  bind_norm(m);
 #if FUSEPROP_CUDA_COMPILED
   bind_fused_mlp(m);
   bind_gather(m);

@@ -48,6 +48,25 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_
               lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0,
               decoupled_weight_decay: bool = False) -> None: ...
 
+# batch and layer normalisation (bind_norm.cpp)
+# x (N, C, *spatial); weight, bias, running_mean, running_var (C,) or None -> (y, save_mean (C,), save_invstd (C,));
+# training: batch statistics, running_* updated in place; otherwise the running statistics (required)
+def batch_norm_forward(x: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray],
+                       running_mean: Optional[np.ndarray], running_var: Optional[np.ndarray], training: bool,
+                       momentum: float = 0.1, eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+# -> (grad_x | None, grad_weight (C,) | None, grad_bias (C,) | None); given grads accumulate in place
+def batch_norm_backward(grad_y: np.ndarray, x: np.ndarray, weight: Optional[np.ndarray], save_mean: np.ndarray,
+                        save_invstd: np.ndarray, training: bool, need_grad_x: bool = True,
+                        grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
+                        ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
+# x (*, normalized_shape); weight, bias (normalized_shape) or None -> (y, mean, rstd (x.shape[:-k]))
+def layer_norm_forward(x: np.ndarray, normalized_shape: Sequence[int], weight: Optional[np.ndarray] = None,
+                       bias: Optional[np.ndarray] = None, eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def layer_norm_backward(grad_y: np.ndarray, x: np.ndarray, normalized_shape: Sequence[int], weight: Optional[np.ndarray],
+                        mean: np.ndarray, rstd: np.ndarray, need_grad_x: bool = True,
+                        grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
+                        ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
+
 # The whole training step of a chain of Linear(+activation) layers, on the model's own arrays (kept alive).
 # layers: [(activation, negative_slope, has_bias)] per Linear; params: [(name, data, grad, state_a, state_b,
 # group)] per parameter, each layer's weight (OUT,IN) then its bias (OUT,); state_a: SGD momentum_buffer or

@@ -5,12 +5,15 @@ Same names and signatures as :mod:`fuseprop.reference` (see OPS_SPEC.md in the s
 the PyTorch-named functions at the end of this module.
 These functions are strict, like the kernels under them: floating-point arrays must be float32 or
 float64 (one dtype per call), C-contiguous and aligned; arrays updated in place (``c``,
-``grad_weight``, ``grad_bias``, optimizer state) must also be writeable and must not overlap the
+``grad_weight``, ``grad_bias``, optimizer state,
+``running_mean`` / ``running_var``) must also be writeable and must not overlap the
 inputs. Anything else raises ``TypeError`` / ``ValueError`` naming the argument, and nothing is
 written. The one conversion made here is explicit and harmless: integer class labels of any
 integer dtype become a new int64 array.
 """
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 
@@ -110,6 +113,70 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
     """PyTorch's Adam (or, decoupled, AdamW) update, in place; step counts from 1 and includes this update."""
     _C.adam_step(param, grad, exp_avg, exp_avg_sq, step=step, lr=lr, beta1=beta1, beta2=beta2, eps=eps,
                  weight_decay=weight_decay, decoupled_weight_decay=decoupled_weight_decay)
+
+
+# -- normalisation: batch norm over every axis but the channels' (axis 1), layer norm over the trailing axes -----
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """(y, save_mean, save_invstd) of batch normalisation; x (N, C) or (N, C, *spatial), statistics per channel.
+
+    weight, bias (C,) or None (no affine); running_mean, running_var (C,) or None (not tracked).
+    training: y = (x - mean) * invstd * weight + bias with the batch mean and invstd = 1/sqrt(var + eps)
+    (biased var), saved for backward; given running statistics move in place to (1 - momentum) * running
+    + momentum * stat, the variance's stat unbiased (n/(n-1)), as PyTorch. One value per channel is an
+    error (as PyTorch); an empty batch gives an empty y, NaN save_* and leaves the running statistics.
+    Otherwise the running statistics (required) normalise, and are what save_* return.
+    momentum is a float in [0, 1]: PyTorch's momentum=None (a cumulative average) is the caller's
+    1 / num_batches_tracked.
+    """
+    if momentum is None:
+        raise TypeError("momentum must be a float in [0, 1]; for PyTorch's momentum=None (a cumulative average) "
+                        "pass 1 / num_batches_tracked")
+    return _C.batch_norm_forward(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
+                                 float(eps))
+
+
+def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training, need_grad_x=True, grad_weight=None,
+                        grad_bias=None):
+    """(grad_x | None, grad_weight | None, grad_bias | None) of batch normalisation.
+
+    xhat = (x - save_mean) * save_invstd; grad_weight = sum(grad_y * xhat), grad_bias = sum(grad_y) per
+    channel. training: grad_x = invstd * w / n * (n * grad_y - sum(grad_y) - xhat * sum(grad_y * xhat))
+    (the batch statistics depend on x); otherwise grad_x = grad_y * w * invstd. Given grad_weight /
+    grad_bias are accumulated into (+=) in place and returned; without them they are new arrays when
+    weight is given and None when it is None (no affine).
+    """
+    return _C.batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, bool(training), need_grad_x,
+                                  grad_weight, grad_bias)
+
+
+def _normalized_shape(normalized_shape):
+    """torch's normalized_shape: an int or a sequence of ints, as a tuple."""
+    if isinstance(normalized_shape, (int, np.integer)):
+        return (int(normalized_shape),)
+    try:
+        return tuple(operator.index(d) for d in normalized_shape)
+    except TypeError:
+        raise TypeError(f"normalized_shape must be an int or a sequence of ints, got {normalized_shape!r}") from None
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """(y, mean, rstd) of layer normalisation over the last len(normalized_shape) axes of x, whose shape
+    they must have; weight, bias of shape normalized_shape or None. y = (x - mean) * rstd * weight + bias
+    with rstd = 1/sqrt(var + eps) (biased var); mean, rstd have shape x.shape[:-len(normalized_shape)]."""
+    return _C.layer_norm_forward(x, _normalized_shape(normalized_shape), weight, bias, float(eps))
+
+
+def layer_norm_backward(grad_y, x, normalized_shape, weight, mean, rstd, need_grad_x=True, grad_weight=None,
+                        grad_bias=None):
+    """(grad_x | None, grad_weight | None, grad_bias | None) of layer normalisation.
+
+    With g = grad_y * weight and xhat = (x - mean) * rstd, per normalised group of D values:
+    grad_x = rstd * (g - mean(g) - xhat * mean(g * xhat)); grad_weight = sum over the leading axes of
+    grad_y * xhat, grad_bias of grad_y. Given gradients accumulate in place, as batch_norm_backward's.
+    """
+    return _C.layer_norm_backward(grad_y, x, _normalized_shape(normalized_shape), weight, mean, rstd, need_grad_x,
+                                  grad_weight, grad_bias)
 
 
 # -- torch.nn.functional's names, with PyTorch's arguments and defaults, on NumPy arrays ------------------

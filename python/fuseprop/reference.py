@@ -255,3 +255,125 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
     bias_correction2 = 1 - beta2**step
     denom = np.sqrt(exp_avg_sq) / math.sqrt(bias_correction2) + eps
     param -= (lr / bias_correction1) * (exp_avg / denom)
+
+
+# ---------------------------------------------------------------------------------------------
+# normalisation. Batch norm: x (N, C, *spatial), statistics per channel over every other axis (n values).
+# Layer norm: x (*, normalized_shape), statistics over the trailing axes (D values) per leading index.
+# Both: xhat = (x - mean) * invstd with invstd = 1/sqrt(var + eps) (biased var); y = xhat * w + b.
+# Backward, with g = dy * w the gradient reaching xhat, when mean and var are the group's own statistics:
+#   d var / d x_i = 2 (x_i - mean) / n, d mean / d x_i = 1/n, so
+#   dx = invstd * (g - mean(g) - xhat * mean(g * xhat));   dw = sum(dy * xhat), db = sum(dy).
+
+
+def _accumulate(given, value):
+    """value, added into given (in place) when given."""
+    if given is None:
+        return value
+    given += value
+    return given
+
+
+def _per_channel(v, ndim):
+    """A (C,) vector shaped to broadcast along axis 1 of an ndim-D array."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+    """Returns (y, save_mean, save_invstd). training: the batch's statistics, and running_mean /
+    running_var (when given) updated in place as PyTorch: running = (1 - momentum) running + momentum stat,
+    with the unbiased variance var * n/(n-1). Otherwise the running statistics."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    n = math.prod(x.shape[a] for a in axes)
+    if training:
+        if n == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {x.shape}")
+        if n == 0:  # an empty batch: no statistics, running ones left alone (PyTorch)
+            mean = var = np.full(x.shape[1], np.nan)
+        else:
+            mean = x.mean(axis=axes)
+            var = ((x - _per_channel(mean, x.ndim)) ** 2).mean(axis=axes)
+            if running_mean is not None:
+                running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+                running_var[...] = (1 - momentum) * running_var + momentum * var * n / (n - 1)
+    else:
+        if running_mean is None or running_var is None:
+            raise ValueError("batch_norm_forward: evaluation needs running_mean and running_var")
+        mean, var = running_mean.copy(), running_var.copy()
+    invstd = 1 / np.sqrt(var + eps)
+    y = (x - _per_channel(mean, x.ndim)) * _per_channel(invstd, x.ndim)
+    if weight is not None:
+        y = y * _per_channel(weight, x.ndim)
+    if bias is not None:
+        y = y + _per_channel(bias, x.ndim)
+    return y, mean, invstd
+
+
+def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training, need_grad_x=True, grad_weight=None,
+                        grad_bias=None):
+    """Returns (grad_x or None, grad_weight or None, grad_bias or None). training: through the batch
+    statistics (above); otherwise they are constants and grad_x = grad_y * w * invstd. Given gradients
+    are accumulated into; without them they are None when weight is None."""
+    axes = (0,) + tuple(range(2, x.ndim))
+    n = math.prod(x.shape[a] for a in axes)
+    invstd = _per_channel(save_invstd, x.ndim)
+    xhat = (x - _per_channel(save_mean, x.ndim)) * invstd
+    sum_dy, sum_dy_xhat = grad_y.sum(axis=axes), (grad_y * xhat).sum(axis=axes)
+    grad_x = None
+    if need_grad_x:
+        w = 1.0 if weight is None else _per_channel(weight, x.ndim)
+        grad_x = grad_y * w * invstd
+        if training and n > 0:
+            grad_x = w * invstd * (grad_y - _per_channel(sum_dy, x.ndim) / n
+                                   - xhat * _per_channel(sum_dy_xhat, x.ndim) / n)
+    if weight is not None or grad_weight is not None:
+        grad_weight = _accumulate(grad_weight, sum_dy_xhat)
+    if weight is not None or grad_bias is not None:
+        grad_bias = _accumulate(grad_bias, sum_dy)
+    return grad_x, grad_weight, grad_bias
+
+
+def _layer_axes(x, normalized_shape):
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if not shape or x.ndim < len(shape) or x.shape[x.ndim - len(shape):] != shape:
+        raise ValueError(f"layer norm: x of shape {x.shape} does not end in normalized_shape {shape}")
+    return tuple(range(x.ndim - len(shape), x.ndim)), math.prod(shape)
+
+
+def layer_norm_forward(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """Returns (y, mean, rstd), mean and rstd of shape x.shape[:-len(normalized_shape)]."""
+    axes, d = _layer_axes(x, normalized_shape)
+    lead = x.shape[:x.ndim - len(axes)]
+    if d == 0:  # the statistics of nothing
+        mean = rstd = np.full(lead, np.nan)
+    else:
+        mean = np.asarray(x.mean(axis=axes))
+        var = np.asarray(((x - mean.reshape(lead + (1,) * len(axes))) ** 2).mean(axis=axes))
+        rstd = np.asarray(1 / np.sqrt(var + eps))
+    y = (x - mean.reshape(lead + (1,) * len(axes))) * rstd.reshape(lead + (1,) * len(axes))
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y, mean, rstd
+
+
+def layer_norm_backward(grad_y, x, normalized_shape, weight, mean, rstd, need_grad_x=True, grad_weight=None,
+                        grad_bias=None):
+    """Returns (grad_x or None, grad_weight or None, grad_bias or None), the gradients as batch_norm_backward's."""
+    axes, d = _layer_axes(x, normalized_shape)
+    lead = x.shape[:x.ndim - len(axes)]
+    r = rstd.reshape(lead + (1,) * len(axes))
+    xhat = (x - mean.reshape(lead + (1,) * len(axes))) * r
+    grad_x = None
+    if need_grad_x:
+        g = grad_y if weight is None else grad_y * weight
+        grad_x = np.zeros_like(x)
+        if d > 0:
+            grad_x = r * (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+    lead_axes = tuple(range(len(lead)))
+    if weight is not None or grad_weight is not None:
+        grad_weight = _accumulate(grad_weight, (grad_y * xhat).sum(axis=lead_axes))
+    if weight is not None or grad_bias is not None:
+        grad_bias = _accumulate(grad_bias, grad_y.sum(axis=lead_axes))
+    return grad_x, grad_weight, grad_bias

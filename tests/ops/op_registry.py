@@ -253,6 +253,89 @@ def optimizer_cases():
     return cases
 
 
+# normalisation. Batch norm: x (N, C, *spatial), statistics per channel over n = N * prod(spatial) values;
+# layer norm: x (*lead, *normalized), statistics per leading index over D = prod(normalized) values.
+# Every output reduces over n (batch norm) or D (forward and grad_x of layer norm); layer norm's parameter
+# gradients sum over M = prod(lead) rows. x is offset from 0 so the variance's cancellation is exercised.
+
+BATCH_NORM_SHAPES = [(2, 1), (7, 13), (64, 33), (1, 3, 2), (4, 3, 5, 6), (3, 5, 7), (2, 19, 1, 1), (0, 3), (2, 3, 0)]
+LAYER_NORM_SHAPES = {1: [(1, 1), (7, 13), (0, 5), (3, 0), (4, 1000), (2, 3, 5), (33, 10)],
+                     2: [(1, 1), (7, 13), (2, 3, 5), (0, 3, 4), (5, 4, 33)]}
+
+
+def norm_cases():
+    def bn_values(s):
+        return max(1, int(np.prod(s)) // s[1])
+
+    def bn_make(rng, s, affine, running):
+        c = s[1]
+        x = normal(rng, *s, scale=2.0) + 3.0
+        w, b = (normal(rng, c), normal(rng, c)) if affine else (None, None)
+        rm, rv = (normal(rng, c), rng.uniform(0.5, 2.0, c)) if running else (None, None)
+        return x, w, b, rm, rv
+
+    cases = []
+    for affine, running, training in itertools.product([True, False], [True, False], [True, False]):
+        if not (training or running):
+            continue  # evaluation needs the running statistics
+        tag = f"{'affine' if affine else 'plain'}_{'running' if running else 'batchonly'}_{'train' if training else 'eval'}"
+
+        def run(mod, x, w, b, rm, rv, training=training):
+            # the running statistics, updated in place, are compared after the call
+            return mod.batch_norm_forward(x, w, b, rm, rv, training, 0.1, 1e-5) + (rm, rv)
+        cases.append(Op(f"batch_norm_forward_{tag}", lambda rng, s, a=affine, r=running: bn_make(rng, s, a, r), run,
+                        BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_forward"))
+    for affine, training in itertools.product([True, False], [True, False]):
+        def make_bwd(rng, s, affine=affine, training=training):
+            x, w, _, rm, rv = bn_make(rng, s, affine, True)
+            _, mean, invstd = reference.batch_norm_forward(x, w, None, rm, rv, training)
+            # grad_y scaled so the per-channel sums are O(1), as the sqrt(n) tolerance assumes
+            dy = normal(rng, *s, scale=bn_values(s) ** -0.5)
+            return dy, x, w, mean, invstd, normal(rng, s[1]), normal(rng, s[1])
+
+        def run_bwd(mod, dy, x, w, mean, invstd, dw, db, training=training):
+            fresh = mod.batch_norm_backward(dy, x, w, mean, invstd, training)
+            # given gradients (even without weight) are accumulated into; grad_x not wanted is None
+            return fresh + mod.batch_norm_backward(dy, x, w, mean, invstd, training, need_grad_x=False,
+                                                   grad_weight=dw, grad_bias=db)
+        cases.append(Op(f"batch_norm_backward_{'affine' if affine else 'plain'}_{'train' if training else 'eval'}",
+                        make_bwd, run_bwd, BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_backward"))
+
+    for axes, (weight, bias) in itertools.product([1, 2], [(True, True), (False, False), (True, False)]):
+        def normalized(x, axes=axes):
+            return x.shape[-1] if axes == 1 else x.shape[-axes:]  # an int for one axis, as torch allows
+
+        def ln_make(rng, s, axes=axes, weight=weight, bias=bias):
+            ns = s[len(s) - axes:]
+            return (normal(rng, *s, scale=2.0) + 3.0, normal(rng, *ns) if weight else None,
+                    normal(rng, *ns) if bias else None)
+
+        def lengths(s, axes=axes):  # (D, M)
+            return max(1, int(np.prod(s[len(s) - axes:]))), max(1, int(np.prod(s[:len(s) - axes])))
+
+        def make_bwd(rng, s, axes=axes, ln_make=ln_make, lengths=lengths, normalized=normalized):
+            x, w, _ = ln_make(rng, s)
+            _, mean, rstd = reference.layer_norm_forward(x, normalized(x), w)
+            ns = s[len(s) - axes:]
+            dy = normal(rng, *s, scale=lengths(s)[1] ** -0.5)
+            return dy, x, w, mean, rstd, normal(rng, *ns), normal(rng, *ns)
+
+        def run_bwd(mod, dy, x, w, mean, rstd, dw, db, normalized=normalized):
+            fresh = mod.layer_norm_backward(dy, x, normalized(x), w, mean, rstd)
+            return fresh + mod.layer_norm_backward(dy, x, normalized(x), w, mean, rstd, need_grad_x=False,
+                                                   grad_weight=dw, grad_bias=db)
+        tag = f"{axes}axes_{'weight' if weight else 'noweight'}_{'bias' if bias else 'nobias'}"
+        cases += [
+            Op(f"layer_norm_forward_{tag}", ln_make,
+               lambda mod, x, w, b, normalized=normalized: mod.layer_norm_forward(x, normalized(x), w, b, 1e-5),
+               LAYER_NORM_SHAPES[axes], k=lambda s, lengths=lengths: lengths(s)[0], covers="layer_norm_forward"),
+            Op(f"layer_norm_backward_{tag}", make_bwd, run_bwd, LAYER_NORM_SHAPES[axes],
+               k=lambda s, lengths=lengths: (lengths(s)[0],) + (lengths(s)[1],) * 2 + (1,) + (lengths(s)[1],) * 2,
+               covers="layer_norm_backward"),
+        ]
+    return cases
+
+
 REGISTRY: list[Op] = (
     [matmul_case(ta, tb, c) for ta, tb, c in itertools.product([False, True], [False, True], [False, True])]
     + [matmul_case(ta, tb, False, "C_reference") for ta, tb in itertools.product([False, True], repeat=2)]
@@ -268,6 +351,7 @@ REGISTRY: list[Op] = (
     + [op for act, slope in ACTS for bias in (True, False) for op in linear_cases(act, slope, bias)]
     + loss_cases()
     + optimizer_cases()
+    + norm_cases()
 )
 
 
@@ -279,7 +363,7 @@ def cast(value, dtype):
     if isinstance(value, (list, tuple)):
         return type(value)(cast(v, dtype) for v in value)
     if isinstance(value, np.ndarray) and value.dtype == np.float64:
-        return np.ascontiguousarray(value.astype(dtype))
+        return value.astype(dtype, order="C")  # a C-contiguous copy that keeps a 0-d array 0-d
     return value
 
 

@@ -1,0 +1,310 @@
+#include "ops/conv2d.h"
+
+#include <algorithm>
+#include <atomic>
+
+#include "core/threads.h"
+#include "gemm/matmul.h"
+#include "ops/activation_math.h"
+
+namespace fuseprop {
+
+namespace {
+
+std::atomic<int64_t> chunk_override{0};
+
+// The valid output columns [lo, hi) of kernel column j: those whose input column ow*sw + off lies in [0, W).
+struct ColumnRange {
+  int64_t off, lo, hi;
+};
+ColumnRange column_range(const Conv2dShape& s, int64_t j) {
+  const int64_t off = j * s.dil_w - s.pad_w;
+  const int64_t hi = s.W - 1 - off < 0 ? 0 : std::min(s.Wo, (s.W - 1 - off) / s.stride_w + 1);
+  const int64_t lo = std::min(hi, off >= 0 ? int64_t(0) : ceil_div(-off, s.stride_w));
+  return {off, lo, hi};
+}
+
+// xc (H,W), one input plane; dst (Ho,Wo): dst[oh][ow] = xc[oh*sh - ph + i*dh][ow*sw - pw + j*dw], 0 outside.
+template <typename T>
+void im2col_plane(T* __restrict dst, const T* __restrict xc, const Conv2dShape& s, int64_t i, int64_t j) {
+  const ColumnRange cr = column_range(s, j);
+  for (int64_t oh = 0; oh < s.Ho; ++oh) {
+    T* d = dst + oh * s.Wo;
+    const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+    if (ih < 0 || ih >= s.H) {
+      std::fill_n(d, s.Wo, T(0));
+      continue;
+    }
+    const T* xr = xc + ih * s.W + cr.off;  // xr[ow * sw] is input column ow*sw + off
+    std::fill_n(d, cr.lo, T(0));
+    if (s.stride_w == 1) {
+      for (int64_t ow = cr.lo; ow < cr.hi; ++ow) d[ow] = xr[ow];
+    } else {
+      for (int64_t ow = cr.lo; ow < cr.hi; ++ow) d[ow] = xr[ow * s.stride_w];
+    }
+    std::fill_n(d + cr.hi, s.Wo - cr.hi, T(0));
+  }
+}
+
+// x (nb,C,H,W), the chunk's samples; col (K, nb*P): col[(c*kh + i)*kw + j][n*P + p]. Rows of (k, n) are
+// independent tasks.
+template <typename T>
+void im2col(T* col, const T* x, int64_t nb, const Conv2dShape& s) {
+  const int64_t P = s.P(), rows = s.K() * nb;
+  parallel_for(rows, P, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t k = t / nb, n = t % nb;
+      const int64_t c = k / (s.kh * s.kw), i = (k / s.kw) % s.kh, j = k % s.kw;
+      im2col_plane(col + k * nb * P + n * P, x + (n * s.C + c) * s.H * s.W, s, i, j);
+    }
+  });
+}
+
+// dcol (K, nb*P) -> dx (nb,C,H,W) = the sum, over kernel offsets, of each dcol row put back where im2col
+// took it from. One task per input plane (n, c), which alone reads its rows: a fixed order per element.
+template <typename T>
+void col2im(T* dx, const T* dcol, int64_t nb, const Conv2dShape& s) {
+  const int64_t P = s.P(), HW = s.H * s.W;
+  parallel_for(nb * s.C, s.kh * s.kw * P, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / s.C, c = t % s.C;
+      T* __restrict dxc = dx + (n * s.C + c) * HW;
+      std::fill_n(dxc, HW, T(0));
+      for (int64_t i = 0; i < s.kh; ++i)
+        for (int64_t j = 0; j < s.kw; ++j) {
+          const ColumnRange cr = column_range(s, j);
+          const T* __restrict src = dcol + ((c * s.kh + i) * s.kw + j) * nb * P + n * P;
+          for (int64_t oh = 0; oh < s.Ho; ++oh) {
+            const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+            if (ih < 0 || ih >= s.H) continue;
+            T* __restrict xr = dxc + ih * s.W + cr.off;
+            const T* d = src + oh * s.Wo;
+            if (s.stride_w == 1) {
+              for (int64_t ow = cr.lo; ow < cr.hi; ++ow) xr[ow] += d[ow];
+            } else {
+              for (int64_t ow = cr.lo; ow < cr.hi; ++ow) xr[ow * s.stride_w] += d[ow];
+            }
+          }
+        }
+    }
+  });
+}
+
+// On a finished tile of the chunk's z (O, nb*P) (rows o, columns n*P + p): v = tile + b[o], written to
+// z and y = act(v) at their NCHW places (n, o, p). With one sample per chunk the tile is z itself.
+template <typename T, Activation A>
+struct ConvEpilogue {
+  T* z;  // the chunk's first sample, (nb,O,P)
+  T* y;
+  const T* b;
+  int64_t O, P;
+  T slope;
+  void operator()(T* tile, int64_t ldt, int64_t row0, int64_t col0, int64_t rows, int64_t cols) const {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t o = row0 + r;
+      const T* src = tile + r * ldt;
+      for (int64_t q = col0; q < col0 + cols;) {
+        const int64_t n = q / P, p = q % P, len = std::min(col0 + cols - q, P - p);
+        T* zd = z + (n * O + o) * P + p;
+        T* yd = y + (n * O + o) * P + p;
+        const T* sq = src + (q - col0);
+        if (b) {
+          const T bo = b[o];
+          for (int64_t e = 0; e < len; ++e) {
+            const T v = sq[e] + bo;
+            zd[e] = v;
+            yd[e] = act_forward<A>(v, slope);
+          }
+        } else {
+          for (int64_t e = 0; e < len; ++e) {
+            const T v = sq[e];
+            zd[e] = v;
+            yd[e] = act_forward<A>(v, slope);
+          }
+        }
+        q += len;
+      }
+    }
+  }
+};
+
+// One (sample, channel) row of the backward's first pass over [0, P): dz = dy * act'(z) written to dst
+// (not when dst is null: the identity's dz is dy, used in place), and the row's sum returned. The sum
+// runs in 16 fixed lanes, added in a fixed tree: it vectorises, and its order never depends on threads.
+template <typename T, Activation A>
+T dz_row(T* __restrict dst, const T* __restrict dy, const T* __restrict z, const T* __restrict y, int64_t P,
+         T slope) {
+  constexpr int L = 16;
+  T acc[L] = {};
+  int64_t p0 = 0;
+  auto lane = [&](int64_t p) {
+    const T v = A == Activation::identity ? dy[p] : dy[p] * act_derivative<A>(z[p], y[p], slope);
+    if (dst) dst[p] = v;
+    return v;
+  };
+  for (; p0 + L <= P; p0 += L)
+    for (int l = 0; l < L; ++l) acc[l] += lane(p0 + l);
+  for (int64_t p = p0; p < P; ++p) acc[p - p0] += lane(p);
+  for (int w = L / 2; w > 0; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
+template <typename T>
+const T* offset_or_null(const T* p, int64_t at) {
+  return p ? p + at : nullptr;
+}
+
+}  // namespace
+
+void set_conv2d_chunk_override(int64_t n) { chunk_override.store(n < 0 ? 0 : n); }
+
+// CHUNK: see the measurements at the top of conv2d_forward.
+int64_t conv2d_chunk(const Conv2dShape& s) {
+  const int64_t forced = chunk_override.load();
+  if (forced > 0) return std::max<int64_t>(1, std::min(forced, s.N));
+  const int64_t P = std::max<int64_t>(1, s.P());
+  return std::max<int64_t>(1, std::min(s.N, int64_t(2048) / P));
+}
+
+int64_t conv2d_forward_workspace(const Conv2dShape& s) {
+  if (s.N == 0) return 0;
+  const int64_t nb = conv2d_chunk(s);
+  return s.K() * nb * s.P() + (nb > 1 ? s.O * nb * s.P() : 0);
+}
+
+int64_t conv2d_backward_workspace(const Conv2dShape& s, Activation act) {
+  if (s.N == 0) return 0;
+  const int64_t nb = conv2d_chunk(s);
+  const bool dz_copy = nb > 1 || act != Activation::identity;
+  return s.K() * nb * s.P() + (dz_copy ? s.O * nb * s.P() : 0);
+}
+
+// x (N,C,H,W), w (O,C,kh,kw), b (O) or null; z, y (N,O,Ho,Wo): z = conv(x, w) + b, y = act(z)
+template <typename T>
+void conv2d_forward(T* y, T* z, T* workspace, const T* x, const T* w, const T* b, const Conv2dShape& s,
+                    Activation act, T slope) {
+  const int64_t nb_max = conv2d_chunk(s), K = s.K(), P = s.P();
+  T* col = workspace;
+  T* out = workspace + K * nb_max * P;  // the GEMM's tile buffer (O, nb*P) when a chunk has several samples
+  FUSEPROP_DISPATCH_ACTIVATION(act, A, {
+    for (int64_t n0 = 0; n0 < s.N; n0 += nb_max) {
+      const int64_t nb = std::min(nb_max, s.N - n0);
+      im2col(col, x + n0 * s.C * s.H * s.W, nb, s);
+      const ConvEpilogue<T, A> epilogue{z + n0 * s.O * P, y + n0 * s.O * P, b, s.O, P, slope};
+      // z (O, nb*P) = w (O,K) . col (K, nb*P); one sample's (O,P) is its NCHW block, so it lands in z directly.
+      T* C = nb == 1 ? z + n0 * s.O * P : out;
+      matmul_blocked(C, w, col, s.O, nb * P, K, K, nb * P, nb * P, false, false, T(1), T(0), epilogue);
+    }
+  });
+}
+
+// dy, z, y (N,O,Ho,Wo); x (N,C,H,W); w (O,C,kh,kw): dw += dz . col^T, db += sum dz, dx = col2im(w^T dz)
+template <typename T>
+void conv2d_backward(T* dx, T* dw, T* db, T* workspace, const T* dy, const T* x, const T* w, const T* z,
+                     const T* y, const Conv2dShape& s, Activation act, T slope, bool accumulate) {
+  const int64_t nb_max = conv2d_chunk(s), K = s.K(), P = s.P(), O = s.O;
+  if (!accumulate) {
+    std::fill_n(dw, O * K, T(0));
+    if (db) std::fill_n(db, O, T(0));
+  }
+  T* col = workspace;  // col (K, nb*P), then dcol in the same place
+  T* dz_buf = workspace + K * nb_max * P;
+  FUSEPROP_DISPATCH_ACTIVATION(act, A, {
+    for (int64_t n0 = 0; n0 < s.N; n0 += nb_max) {
+      const int64_t nb = std::min(nb_max, s.N - n0), cols = nb * P;
+      // dz (O, nb*P) from NCHW, and db. Threads take ranges of channels; each channel sums its rows in
+      // sample order, so db never depends on the thread count. The identity on one sample needs no copy.
+      const bool copy = nb > 1 || A != Activation::identity;
+      const T* dz = copy ? dz_buf : dy + n0 * O * P;
+      if (copy || db) {
+        parallel_for(O, nb * P, [&](int64_t o0, int64_t o1) {
+          for (int64_t o = o0; o < o1; ++o)
+            for (int64_t n = 0; n < nb; ++n) {
+              const int64_t at = ((n0 + n) * O + o) * P;
+              const T sum = dz_row<T, A>(copy ? dz_buf + o * cols + n * P : nullptr, dy + at, offset_or_null(z, at),
+                                         offset_or_null(y, at), P, slope);
+              if (db) db[o] += sum;
+            }
+        });
+      }
+      im2col(col, x + n0 * s.C * s.H * s.W, nb, s);
+      // dw (O,K) += dz (O, nb*P) . col^T: op(B) = col^T, col stored (K, nb*P), so trans_b with ldb = nb*P.
+      matmul(dw, dz, col, O, K, cols, cols, cols, K, false, true, T(1), accumulate || n0 > 0 ? T(1) : T(0));
+      if (dx) {
+        // dcol (K, nb*P) = w^T (K,O) . dz (O, nb*P): w stored (O,K), so trans_a with lda = K.
+        matmul(col, w, dz, K, cols, O, K, cols, cols, true, false, T(1), T(0));
+        col2im(dx + n0 * s.C * s.H * s.W, col, nb, s);
+      }
+    }
+  });
+}
+
+// x (N,C,H,W), w (O,C,kh,kw), b (O) or null; z, y (N,O,Ho,Wo): one output element at a time
+template <typename T>
+void conv2d_forward_reference(T* y, T* z, const T* x, const T* w, const T* b, const Conv2dShape& s,
+                              Activation act, T slope) {
+  FUSEPROP_DISPATCH_ACTIVATION(act, A, {
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t o = 0; o < s.O; ++o)
+        for (int64_t oh = 0; oh < s.Ho; ++oh)
+          for (int64_t ow = 0; ow < s.Wo; ++ow) {
+            T acc = 0;
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t i = 0; i < s.kh; ++i)
+                for (int64_t j = 0; j < s.kw; ++j) {
+                  const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+                  const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+                  if (ih >= 0 && ih < s.H && iw >= 0 && iw < s.W)
+                    acc += x[((n * s.C + c) * s.H + ih) * s.W + iw] * w[((o * s.C + c) * s.kh + i) * s.kw + j];
+                }
+            const int64_t at = ((n * s.O + o) * s.Ho + oh) * s.Wo + ow;
+            z[at] = b ? acc + b[o] : acc;
+            y[at] = act_forward<A>(z[at], slope);
+          }
+  });
+}
+
+// dy, z, y (N,O,Ho,Wo); x (N,C,H,W); w (O,C,kh,kw): each output's dz spread over what it read
+template <typename T>
+void conv2d_backward_reference(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* z, const T* y,
+                               const Conv2dShape& s, Activation act, T slope, bool accumulate) {
+  if (!accumulate) {
+    std::fill_n(dw, s.O * s.K(), T(0));
+    if (db) std::fill_n(db, s.O, T(0));
+  }
+  if (dx) std::fill_n(dx, s.N * s.C * s.H * s.W, T(0));
+  FUSEPROP_DISPATCH_ACTIVATION(act, A, {
+    for (int64_t n = 0; n < s.N; ++n)
+      for (int64_t o = 0; o < s.O; ++o)
+        for (int64_t oh = 0; oh < s.Ho; ++oh)
+          for (int64_t ow = 0; ow < s.Wo; ++ow) {
+            const int64_t at = ((n * s.O + o) * s.Ho + oh) * s.Wo + ow;
+            const T g = A == Activation::identity ? dy[at] : dy[at] * act_derivative<A>(z[at], y[at], slope);
+            if (db) db[o] += g;
+            for (int64_t c = 0; c < s.C; ++c)
+              for (int64_t i = 0; i < s.kh; ++i)
+                for (int64_t j = 0; j < s.kw; ++j) {
+                  const int64_t ih = oh * s.stride_h - s.pad_h + i * s.dil_h;
+                  const int64_t iw = ow * s.stride_w - s.pad_w + j * s.dil_w;
+                  if (ih < 0 || ih >= s.H || iw < 0 || iw >= s.W) continue;
+                  const int64_t xi = ((n * s.C + c) * s.H + ih) * s.W + iw, wi = ((o * s.C + c) * s.kh + i) * s.kw + j;
+                  dw[wi] += g * x[xi];
+                  if (dx) dx[xi] += g * w[wi];
+                }
+          }
+  });
+}
+
+#define FUSEPROP_INSTANTIATE(T)                                                                                     \
+  template void conv2d_forward<T>(T*, T*, T*, const T*, const T*, const T*, const Conv2dShape&, Activation, T);     \
+  template void conv2d_backward<T>(T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*,               \
+                                   const Conv2dShape&, Activation, T, bool);                                         \
+  template void conv2d_forward_reference<T>(T*, T*, const T*, const T*, const T*, const Conv2dShape&, Activation, T); \
+  template void conv2d_backward_reference<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*,          \
+                                             const Conv2dShape&, Activation, T, bool);
+FUSEPROP_INSTANTIATE(float)
+FUSEPROP_INSTANTIATE(double)
+#undef FUSEPROP_INSTANTIATE
+
+}  // namespace fuseprop

@@ -278,8 +278,8 @@ def max_pool2d_backward(grad_y, indices, input_size):
     n, c = grad_y.shape[:2]
     h, w = input_size
     grad_x = np.zeros((n * c, h * w), dtype=grad_y.dtype)
-    planes = np.arange(n * c)[:, None]
-    np.add.at(grad_x, (planes, indices.reshape(n * c, -1)), grad_y.reshape(n * c, -1))
+    planes, positions = np.arange(n * c)[:, None], grad_y.shape[2] * grad_y.shape[3]
+    np.add.at(grad_x, (planes, indices.reshape(n * c, positions)), grad_y.reshape(n * c, positions))
     return grad_x.reshape(n, c, h, w)
 
 

@@ -1,8 +1,9 @@
 // 2-D convolution, NCHW, forward and backward side by side: y = act(conv(x, w) + b), PyTorch's Conv2d
 // (cross-correlation, weight (O,C,kh,kw), zero padding, stride, dilation; no groups).
 //
-// Lowering: im2col over a chunk of samples, then the GEMM (gemm/matmul.h). For a chunk of nb samples
-// the patch matrix col (K, nb*P), K = C*kh*kw, P = Ho*Wo, holds col[(c*kh + i)*kw + j][n*P + oh*Wo + ow] =
+// Lowering (chosen by measurement: see conv2d.cpp, above conv2d_chunk): im2col over a chunk of samples,
+// then the GEMM (gemm/matmul.h). For a chunk of nb samples the patch matrix col (K, nb*P), K = C*kh*kw,
+// P = Ho*Wo, holds col[(c*kh + i)*kw + j][n*P + oh*Wo + ow] =
 // x[n][c][oh*sh - ph + i*dh][ow*sw - pw + j*dw] (0 outside the input), and
 //   forward   z (O, nb*P) = w (O,K) . col             (bias and activation on each finished tile)
 //   backward  dw (O,K)   += dz (O, nb*P) . col^T      (dz gathered from NCHW into (O, nb*P) as it is formed)

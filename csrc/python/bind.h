@@ -10,6 +10,7 @@ void bind_runtime_info(pybind11::module_& m);  // runtime_info.cpp
 void bind_matmul(pybind11::module_& m);        // bind_matmul.cpp
 void bind_activations(pybind11::module_& m);   // bind_activations.cpp
 void bind_linear(pybind11::module_& m);        // bind_linear.cpp
+void bind_conv(pybind11::module_& m);          // bind_conv.cpp (conv2d and 2-D pooling)
 void bind_losses(pybind11::module_& m);        // bind_losses.cpp
 void bind_optim(pybind11::module_& m);         // bind_optim.cpp
 void bind_plan(pybind11::module_& m);          // bind_plan.cpp

@@ -21,6 +21,7 @@ PYBIND11_MODULE(_C, m) {
   bind_matmul(m);
   bind_activations(m);
   bind_linear(m);
+  bind_conv(m);
   bind_losses(m);
   bind_optim(m);
   bind_norm(m);

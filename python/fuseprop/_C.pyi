@@ -3,7 +3,7 @@
 Arrays: numpy.ndarray of float32 or float64 (one dtype per call), C-contiguous, aligned; arrays
 updated in place must be writeable and must not overlap the inputs. Labels: int64.
 """
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -11,6 +11,8 @@ __version__: str
 compiler: str
 arch: str
 cuda_compiled: bool
+
+IntPair = Union[int, Tuple[int, int]]  # a window argument: both sides, or (height, width)
 
 # a: op(a) (M,K); b: op(b) (K,N); c: (M,N) written in place when given
 def matmul(a: np.ndarray, b: np.ndarray, trans_a: bool = False, trans_b: bool = False, c: Optional[np.ndarray] = None,
@@ -35,6 +37,38 @@ def linear_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, z: Op
                     has_bias: bool = True, need_grad_x: bool = True, grad_weight: Optional[np.ndarray] = None,
                     grad_bias: Optional[np.ndarray] = None
                     ) -> Tuple[Optional[np.ndarray], np.ndarray, Optional[np.ndarray]]: ...
+# x (N,C,H,W), weight (O,C,kh,kw), bias (O,) -> (y, z) (N,O,Ho,Wo); stride, padding, dilation: int or (h, w)
+def conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, stride: IntPair = (1, 1),
+                   padding: IntPair = (0, 0), dilation: IntPair = (1, 1), activation: str = "identity",
+                   negative_slope: float = 0.01) -> Tuple[np.ndarray, np.ndarray]: ...
+# -> (grad_x (N,C,H,W) | None, grad_weight (O,C,kh,kw), grad_bias (O,) | None); given grads accumulate in place
+def conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, z: Optional[np.ndarray],
+                    y: Optional[np.ndarray], stride: IntPair = (1, 1), padding: IntPair = (0, 0),
+                    dilation: IntPair = (1, 1), activation: str = "identity", negative_slope: float = 0.01,
+                    has_bias: bool = True, need_grad_x: bool = True, grad_weight: Optional[np.ndarray] = None,
+                    grad_bias: Optional[np.ndarray] = None
+                    ) -> Tuple[Optional[np.ndarray], np.ndarray, Optional[np.ndarray]]: ...
+# the scalar loops the two above are checked against: the same arguments and results
+def conv2d_forward_reference(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None,
+                             stride: IntPair = (1, 1), padding: IntPair = (0, 0), dilation: IntPair = (1, 1),
+                             activation: str = "identity", negative_slope: float = 0.01) -> Tuple[np.ndarray, np.ndarray]: ...
+def conv2d_backward_reference(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, z: Optional[np.ndarray],
+                              y: Optional[np.ndarray], stride: IntPair = (1, 1), padding: IntPair = (0, 0),
+                              dilation: IntPair = (1, 1), activation: str = "identity", negative_slope: float = 0.01,
+                              has_bias: bool = True, need_grad_x: bool = True, grad_weight: Optional[np.ndarray] = None,
+                              grad_bias: Optional[np.ndarray] = None
+                              ) -> Tuple[Optional[np.ndarray], np.ndarray, Optional[np.ndarray]]: ...
+def _set_conv2d_chunk(n: int) -> None: ...  # samples per GEMM forced to n (0: chosen by shape; tests, benchmarks)
+# x (N,C,H,W) -> (y (N,C,Ho,Wo), indices int64 (N,C,Ho,Wo): h*W + w of each max in its input plane); stride None: kernel_size
+def max_pool2d_forward(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None,
+                       padding: IntPair = 0) -> Tuple[np.ndarray, np.ndarray]: ...
+# grad_y, indices (N,C,Ho,Wo); input_size (H, W) -> grad_x (N,C,H,W)
+def max_pool2d_backward(grad_y: np.ndarray, indices: np.ndarray, input_size: Tuple[int, int]) -> np.ndarray: ...
+def avg_pool2d_forward(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+                       count_include_pad: bool = True) -> np.ndarray: ...
+def avg_pool2d_backward(grad_y: np.ndarray, input_size: Tuple[int, int], kernel_size: IntPair,
+                        stride: Optional[IntPair] = None, padding: IntPair = 0,
+                        count_include_pad: bool = True) -> np.ndarray: ...
 # logits (B,C), labels (B,) int64 -> (loss, grad_logits)
 def cross_entropy_loss(logits: np.ndarray, labels: np.ndarray, label_smoothing: float = 0.0,
                        reduction: str = "mean") -> Tuple[float, np.ndarray]: ...

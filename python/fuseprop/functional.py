@@ -74,6 +74,70 @@ def linear_backward(grad_y, x, weight, z, y, activation="identity", negative_slo
                               grad_weight, grad_bias)
 
 
+def _pair(value):
+    """A window argument as _C takes it: an int (or NumPy integer) -> (value, value), a pair of them -> a tuple of
+    ints. Anything else passes through for _C to reject with a message that names the argument."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    if is_int(value):
+        return (int(value), int(value))
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
+        return (int(value[0]), int(value[1]))
+    return value
+
+
+def _size(input_size):
+    """(H, W) as two Python ints where it is a pair (NumPy integers too); anything else goes to _C unchanged."""
+    return _pair(input_size) if isinstance(input_size, (tuple, list)) else input_size
+
+
+def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), activation="identity",
+                   negative_slope=0.01):
+    """(y, z): z = conv2d(x, weight) + bias as PyTorch's (cross-correlation, zero padding), y = act(z), in one pass.
+
+    x (N,C,H,W), weight (O,C,kh,kw), bias (O,) or None; y, z (N,O,Ho,Wo) with Ho = (H + 2 ph - dh (kh-1) - 1) // sh + 1.
+    stride, padding, dilation: an int or a pair (height, width).
+    """
+    return _C.conv2d_forward(x, weight, bias, _pair(stride), _pair(padding), _pair(dilation), activation,
+                             negative_slope)
+
+
+def conv2d_backward(grad_y, x, weight, z, y, stride=(1, 1), padding=(0, 0), dilation=(1, 1), activation="identity",
+                    negative_slope=0.01, has_bias=True, need_grad_x=True, grad_weight=None, grad_bias=None):
+    """(grad_x | None, grad_weight, grad_bias | None) of conv2d_forward, as linear_backward.
+
+    dz = grad_y * act'(z); grad_weight (O,C,kh,kw) and grad_bias (O,) (the sum of dz over N, Ho, Wo) are
+    accumulated (+=) into given arrays in place and returned; grad_x (N,C,H,W). ``z`` and ``y`` may be None
+    when the activation is the identity.
+    """
+    return _C.conv2d_backward(grad_y, x, weight, z, y, _pair(stride), _pair(padding), _pair(dilation), activation,
+                              negative_slope, has_bias, need_grad_x, grad_weight, grad_bias)
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """(y, indices): the max of each window of x (N,C,H,W) (padding is -inf) and its flat index h*W + w in the
+    input plane (int64), as PyTorch's max_pool2d(return_indices=True). stride None: kernel_size."""
+    return _C.max_pool2d_forward(x, _pair(kernel_size), None if stride is None else _pair(stride), _pair(padding))
+
+
+def max_pool2d_backward(grad_y, indices, input_size):
+    """grad_x (N,C,H,W), input_size = (H, W): grad_y scatter-added at max_pool2d_forward's indices."""
+    return _C.max_pool2d_backward(grad_y, indices, _size(input_size))
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """The mean of each window of x (N,C,H,W), as PyTorch's avg_pool2d: over kh*kw positions with
+    count_include_pad (padding counts as 0), else over the positions inside the input. stride None: kernel_size."""
+    return _C.avg_pool2d_forward(x, _pair(kernel_size), None if stride is None else _pair(stride), _pair(padding),
+                                 count_include_pad)
+
+
+def avg_pool2d_backward(grad_y, input_size, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """grad_x (N,C,H,W), input_size = (H, W): each grad_y / its window's divisor added over the window."""
+    return _C.avg_pool2d_backward(grad_y, _size(input_size), _pair(kernel_size), None if stride is None else _pair(stride),
+                                  _pair(padding), count_include_pad)
+
+
 def as_labels(labels, name="labels"):
     """Integer class labels as a C-contiguous int64 array (a new array only when needed)."""
     if not isinstance(labels, np.ndarray):

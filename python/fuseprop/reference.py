@@ -170,6 +170,149 @@ def linear_backward(grad_y, x, weight, z, y, activation="identity", negative_slo
 
 
 # ---------------------------------------------------------------------------------------------
+# conv2d and 2-D pooling: x (N,C,H,W) NCHW; window arguments are an int or a pair (height, width).
+# Each loops over the kernel offsets (i, j): offset (i, j) of every window is one strided slice of the
+# padded input, so a window op is a sum (or max) of kh*kw slices, and its gradient adds back through them.
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+
+
+def _tap(xp, i, j, out_h, out_w, stride, dilation=(1, 1)):
+    """The slice of padded xp (N,C,Hp,Wp) that kernel offset (i, j) reads for every output: (N,C,out_h,out_w)."""
+    r0, c0 = i * dilation[0], j * dilation[1]
+    return xp[:, :, r0:r0 + stride[0] * (out_h - 1) + 1:stride[0], c0:c0 + stride[1] * (out_w - 1) + 1:stride[1]]
+
+
+def _out_size(size, kernel, stride, padding, dilation=1):
+    out = (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+    if out < 1:
+        raise ValueError(f"the window {dilation * (kernel - 1) + 1} is larger than the padded input {size + 2 * padding}")
+    return out
+
+
+def conv2d_forward(x, weight, bias=None, stride=(1, 1), padding=(0, 0), dilation=(1, 1), activation="identity",
+                   negative_slope=0.01):
+    """z[n,o] = sum over c, i, j of weight[o,c,i,j] * xpad[n, c, oh*sh + i*dh, ow*sw + j*dw] + bias[o];
+    y = act(z). weight (O,C,kh,kw); y, z (N,O,Ho,Wo). Returns (y, z)."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    n, _, h, w = x.shape
+    out_channels, _, kh, kw = weight.shape
+    ho, wo = (_out_size(h, kh, stride[0], padding[0], dilation[0]), _out_size(w, kw, stride[1], padding[1], dilation[1]))
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    z = np.zeros((n, out_channels, ho, wo), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            z += np.einsum("nchw,oc->nohw", _tap(xp, i, j, ho, wo, stride, dilation), weight[:, :, i, j])
+    if bias is not None:
+        z += bias[None, :, None, None]
+    return activation_forward(z, activation, negative_slope), z
+
+
+def conv2d_backward(grad_y, x, weight, z, y, stride=(1, 1), padding=(0, 0), dilation=(1, 1), activation="identity",
+                    negative_slope=0.01, has_bias=True, need_grad_x=True, grad_weight=None, grad_bias=None):
+    """Returns (grad_x or None, grad_weight, grad_bias or None), as linear_backward.
+
+    dz = grad_y * act'(z); grad_weight[o,c,i,j] = sum over n, oh, ow of dz * (the slice offset (i, j) read);
+    grad_bias[o] = dz summed over n, oh, ow; grad_x adds dz . weight[:, :, i, j] back through each slice.
+    """
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    dz = grad_y if activation == "identity" else activation_backward(grad_y, z, y, activation, negative_slope)
+    _, _, h, w = x.shape
+    _, _, kh, kw = weight.shape
+    ho, wo = dz.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    grad_xp = np.zeros_like(xp)
+    gw = np.zeros_like(weight)
+    for i in range(kh):
+        for j in range(kw):
+            gw[:, :, i, j] = np.einsum("nohw,nchw->oc", dz, _tap(xp, i, j, ho, wo, stride, dilation))
+            _tap(grad_xp, i, j, ho, wo, stride, dilation)[...] += np.einsum("nohw,oc->nchw", dz, weight[:, :, i, j])
+    if grad_weight is None:
+        grad_weight = gw
+    else:
+        grad_weight += gw
+    if not has_bias:
+        grad_bias = None
+    elif grad_bias is None:
+        grad_bias = dz.sum(axis=(0, 2, 3))
+    else:
+        grad_bias += dz.sum(axis=(0, 2, 3))
+    grad_x = grad_xp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w].copy() if need_grad_x else None
+    return grad_x, grad_weight, grad_bias
+
+
+def _pool_geometry(size, kernel_size, stride, padding):
+    kernel = _pair(kernel_size)
+    stride = kernel if stride is None else _pair(stride)
+    padding = _pair(padding)
+    if any(2 * p > k for p, k in zip(padding, kernel)):
+        raise ValueError(f"padding {padding} must be at most half of kernel_size {kernel}")
+    out = tuple(_out_size(size[d], kernel[d], stride[d], padding[d]) for d in range(2))
+    return kernel, stride, padding, out
+
+
+def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
+    """(y, indices): y = the max of each window (padding is -inf), indices = its flat index h*W + w in the
+    input plane (int64). As PyTorch: the first max wins a tie (offsets in row-major order), a NaN wins over
+    any number (the window's last NaN), and a window of -inf points at its first position inside the input."""
+    n, c, h, w = x.shape
+    (kh, kw), stride, padding, (ho, wo) = _pool_geometry((h, w), kernel_size, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-np.inf)
+    rows = np.arange(ho)[:, None] * stride[0] - padding[0]  # each window's first input row and column
+    cols = np.arange(wo)[None, :] * stride[1] - padding[1]
+    best = np.full((n, c, ho, wo), -np.inf, dtype=x.dtype)
+    indices = np.broadcast_to(np.maximum(rows, 0) * w + np.maximum(cols, 0), best.shape).astype(np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            v = _tap(xp, i, j, ho, wo, stride)
+            take = (v > best) | np.isnan(v)
+            best = np.where(take, v, best)
+            indices = np.where(take, (rows + i) * w + (cols + j), indices)
+    return best, indices
+
+
+def max_pool2d_backward(grad_y, indices, input_size):
+    """grad_x (N,C,H,W) = 0, then grad_y added at indices (a window's max collects every gradient sent to it)."""
+    n, c = grad_y.shape[:2]
+    h, w = input_size
+    grad_x = np.zeros((n * c, h * w), dtype=grad_y.dtype)
+    planes, positions = np.arange(n * c)[:, None], grad_y.shape[2] * grad_y.shape[3]
+    np.add.at(grad_x, (planes, indices.reshape(n * c, positions)), grad_y.reshape(n * c, positions))
+    return grad_x.reshape(n, c, h, w)
+
+
+def _avg_divisor(size, kernel, stride, padding, out, count_include_pad, dtype):
+    """(Ho,Wo): kh*kw, or how many of each window's positions lie inside the input."""
+    if count_include_pad:
+        return np.full(out, kernel[0] * kernel[1], dtype=dtype)
+    inside = np.pad(np.ones((1, 1) + tuple(size), dtype=dtype), ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    return sum(_tap(inside, i, j, *out, stride) for i in range(kernel[0]) for j in range(kernel[1]))[0, 0]
+
+
+def avg_pool2d_forward(x, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """y = each window's sum / its divisor (kh*kw with count_include_pad, else its positions inside x)."""
+    size = x.shape[2:]
+    kernel, stride, padding, out = _pool_geometry(size, kernel_size, stride, padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2))
+    total = sum(_tap(xp, i, j, *out, stride) for i in range(kernel[0]) for j in range(kernel[1]))
+    return total / _avg_divisor(size, kernel, stride, padding, out, count_include_pad, x.dtype)
+
+
+def avg_pool2d_backward(grad_y, input_size, kernel_size, stride=None, padding=0, count_include_pad=True):
+    """grad_x (N,C,H,W): every window's grad_y / divisor added to each of its input positions."""
+    h, w = input_size
+    kernel, stride, padding, out = _pool_geometry((h, w), kernel_size, stride, padding)
+    share = grad_y / _avg_divisor((h, w), kernel, stride, padding, out, count_include_pad, grad_y.dtype)
+    grad_xp = np.zeros(grad_y.shape[:2] + (h + 2 * padding[0], w + 2 * padding[1]), dtype=grad_y.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            _tap(grad_xp, i, j, *out, stride)[...] += share
+    return grad_xp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w].copy()
+
+
+# ---------------------------------------------------------------------------------------------
 # losses: (loss as a Python float, gradient with respect to the first argument)
 
 

@@ -184,6 +184,110 @@ def linear_cases(act, slope, bias):
     ]
 
 
+# (N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw): odd sizes, stride 2, padding, dilation 2, non-square kernels,
+# 1x1, the smallest, an empty batch, and a batch of more than one chunk (16 samples) with a short last chunk
+CONV_SHAPES = [(2, 3, 7, 9, 4, 3, 3, 1, 1, 1, 1, 1, 1), (3, 2, 9, 8, 5, 3, 2, 2, 2, 1, 0, 1, 1),
+               (2, 3, 11, 10, 4, 3, 3, 1, 2, 2, 1, 2, 2), (4, 5, 6, 6, 7, 1, 1, 1, 1, 0, 0, 1, 1),
+               (1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1), (0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1),
+               (19, 4, 8, 7, 6, 2, 3, 1, 1, 1, 1, 1, 1), (2, 2, 3, 4, 3, 5, 5, 1, 1, 2, 2, 1, 1)]
+CONV_ACTS = [(act, slope, True) for act, slope in ACTS] + [("identity", 0.01, False), ("relu", 0.01, False),
+                                                          ("gelu", 0.01, False)]
+
+
+def conv_geometry(s):
+    n, c, h, w, o, kh, kw, sh, sw, ph, pw, dh, dw = s
+    ho, wo = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return dict(stride=(sh, sw), padding=(ph, pw), dilation=(dh, dw)), (n, o, ho, wo)
+
+
+def conv_cases(act, slope, bias, module_name="functional"):
+    def make_fwd(rng, s):
+        n, c, h, w, o, kh, kw = s[:7]
+        return (normal(rng, n, c, h, w), normal(rng, o, c, kh, kw, scale=(c * kh * kw) ** -0.5),
+                normal(rng, o) if bias else None)
+
+    def make_bwd(rng, s):
+        x, w, b = make_fwd(rng, s)
+        window, out = conv_geometry(s)
+        y, z = reference.conv2d_forward(x, w, b, activation=act, negative_slope=slope, **window)
+        # grad_y scaled so grad_weight (a sum over N*Ho*Wo) is O(1), as the sqrt(K) tolerance assumes
+        return (normal(rng, *out, scale=max(out[0] * out[2] * out[3], 1) ** -0.5), x, w, z, y,
+                normal(rng, *w.shape), normal(rng, s[4]) if bias else None)
+
+    def fn(mod, name):
+        if mod is functional and module_name == "C_reference":
+            return getattr(_C, f"{name}_reference")
+        return getattr(mod, name)
+
+    def run_fwd(mod, x, w, b, s):
+        window, _ = conv_geometry(s)
+        return fn(mod, "conv2d_forward")(x, w, b, activation=act, negative_slope=slope, **window)
+
+    def run_bwd(mod, dy, x, w, z, y, dw, db, s):
+        window, _ = conv_geometry(s)
+        backward = fn(mod, "conv2d_backward")
+        fresh = backward(dy, x, w, z, y, activation=act, negative_slope=slope, has_bias=bias, **window)
+        backward(dy, x, w, z, y, activation=act, negative_slope=slope, has_bias=bias, grad_weight=dw, grad_bias=db,
+                 **window)
+        return fresh + (dw, db)  # new gradients, then the accumulated ones
+
+    def k_bwd(s):
+        n, c, h, w, o, kh, kw = s[:7]
+        _, (_, _, ho, wo) = conv_geometry(s)
+        per_position = n * ho * wo
+        return (o * kh * kw, per_position, per_position, per_position, per_position)  # grad_x sums over O*kh*kw
+
+    tag = f"{act}_{slope}_{'bias' if bias else 'nobias'}" + ("" if module_name == "functional" else f"_{module_name}")
+    covers = "conv2d_{}" if module_name == "functional" else "_C.conv2d_{}_reference"
+    return [
+        Op(f"conv2d_forward_{tag}", lambda rng, s: make_fwd(rng, s) + (s,), run_fwd, CONV_SHAPES,
+           k=lambda s: s[1] * s[5] * s[6], covers=covers.format("forward")),
+        Op(f"conv2d_backward_{tag}", lambda rng, s: make_bwd(rng, s) + (s,), run_bwd, CONV_SHAPES, k=k_bwd,
+           covers=covers.format("backward")),
+    ]
+
+
+# (N, C, H, W, kh, kw, sh, sw, ph, pw); sh = 0: stride None (the kernel's)
+POOL_SHAPES = [(2, 3, 7, 9, 2, 2, 0, 0, 0, 0), (2, 3, 8, 7, 3, 2, 2, 1, 1, 1), (1, 2, 5, 5, 3, 3, 1, 1, 1, 1),
+               (0, 3, 4, 4, 2, 2, 2, 2, 0, 0), (3, 2, 6, 5, 5, 4, 2, 3, 2, 2), (2, 1, 1, 1, 1, 1, 1, 1, 0, 0)]
+
+
+def pool_args(s):
+    kh, kw, sh, sw, ph, pw = s[4:]
+    return (kh, kw), None if sh == 0 else (sh, sw), (ph, pw)
+
+
+def pool_cases():
+    def make_max_bwd(rng, s):
+        y, indices = reference.max_pool2d_forward(normal(rng, *s[:4]), *pool_args(s))
+        return normal(rng, *y.shape), indices, s
+
+    def make_avg_bwd(rng, s):
+        y = reference.avg_pool2d_forward(normal(rng, *s[:4]), *pool_args(s))
+        return normal(rng, *y.shape), s
+
+    def overlap(s):  # how many windows may cover one input position: the backward's reduction length
+        kh, kw, sh, sw = s[4:8]
+        return -(-kh // (sh or kh)) * -(-kw // (sw or kw))
+
+    cases = [
+        Op("max_pool2d_forward", lambda rng, s: (normal(rng, *s[:4]), s),
+           lambda mod, x, s: mod.max_pool2d_forward(x, *pool_args(s)), POOL_SHAPES, covers="max_pool2d_forward"),
+        Op("max_pool2d_backward", make_max_bwd, lambda mod, dy, i, s: mod.max_pool2d_backward(dy, i, s[2:4]),
+           POOL_SHAPES, k=overlap, covers="max_pool2d_backward"),
+    ]
+    for cip in (True, False):
+        cases += [
+            Op(f"avg_pool2d_forward_{cip}", lambda rng, s: (normal(rng, *s[:4]), s),
+               lambda mod, x, s, cip=cip: mod.avg_pool2d_forward(x, *pool_args(s), count_include_pad=cip), POOL_SHAPES,
+               k=lambda s: s[4] * s[5], covers="avg_pool2d_forward"),
+            Op(f"avg_pool2d_backward_{cip}", make_avg_bwd,
+               lambda mod, dy, s, cip=cip: mod.avg_pool2d_backward(dy, s[2:4], *pool_args(s), count_include_pad=cip),
+               POOL_SHAPES, k=overlap, covers="avg_pool2d_backward"),
+        ]
+    return cases
+
+
 def loss_cases():
     cases = []
     for smoothing, reduction in itertools.product([0.0, 0.1], ["mean", "sum"]):
@@ -349,6 +453,10 @@ REGISTRY: list[Op] = (
        Op("log_softmax_backward", lambda rng, s: (normal(rng, *s), reference.log_softmax_forward(normal(rng, *s))),
           lambda m, dy, y: m.log_softmax_backward(dy, y), ROW_SHAPES, k=lambda s: s[1], covers="log_softmax_backward")]
     + [op for act, slope in ACTS for bias in (True, False) for op in linear_cases(act, slope, bias)]
+    + [op for act, slope, bias in CONV_ACTS for op in conv_cases(act, slope, bias)]
+    + [op for act, slope, bias in [("identity", 0.01, True), ("gelu_tanh", 0.01, False)]
+       for op in conv_cases(act, slope, bias, "C_reference")]
+    + pool_cases()
     + loss_cases()
     + optimizer_cases()
     + norm_cases()
@@ -398,6 +506,10 @@ def check_case(op, shape, device):
         label = f"{op.name}{shape}[{i}]"
         if want is None:
             assert got is None, label
+            continue
+        if isinstance(want, np.ndarray) and want.dtype.kind == "i":  # indices: exactly the reference's
+            assert isinstance(got, np.ndarray) and got.dtype == want.dtype, f"{label}: dtype {getattr(got, 'dtype', None)}"
+            np.testing.assert_array_equal(got, want, err_msg=label)
             continue
         if isinstance(want, float):
             assert isinstance(got, float), label

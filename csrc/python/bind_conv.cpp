@@ -1,0 +1,320 @@
+// conv2d_forward / conv2d_backward (and their scalar references), max_pool2d_* and avg_pool2d_* (CPU).
+// Window arguments (stride, padding, dilation, kernel_size) are an int or a pair of ints (height, width).
+#include <algorithm>
+#include <limits>
+#include <utility>
+#include <vector>
+
+#include "python/bind.h"
+#include "python/checks.h"
+#include "ops/conv2d.h"
+#include "ops/pool.h"
+
+namespace fuseprop::bindings {
+
+namespace py = pybind11;
+using namespace pybind11::literals;
+
+namespace {
+
+using IntPair = std::pair<int64_t, int64_t>;
+
+std::string pair_str(const IntPair& p) { return cat("(", p.first, ", ", p.second, ")"); }
+
+// An int (both sides) or a tuple / list of two ints (height, width); never a bool or a float.
+IntPair int_pair(const py::handle& obj, const char* name, bool allow_int = true) {
+  auto is_int = [](const py::handle& v) { return py::isinstance<py::int_>(v) && !py::isinstance<py::bool_>(v); };
+  if (allow_int && is_int(obj)) {
+    const int64_t v = obj.cast<int64_t>();
+    return {v, v};
+  }
+  if ((py::isinstance<py::tuple>(obj) || py::isinstance<py::list>(obj)) && py::len(obj) == 2) {
+    const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+    if (is_int(seq[0]) && is_int(seq[1])) return {seq[0].cast<int64_t>(), seq[1].cast<int64_t>()};
+  }
+  throw py::type_error(cat(name, " must be ", allow_int ? "an int or " : "", "a pair of ints (height, width), got ",
+                           py::repr(obj).cast<std::string>()));
+}
+
+IntPair at_least(const IntPair& p, const char* name, int64_t lo) {
+  if (p.first < lo || p.second < lo) throw py::value_error(cat(name, " must be >= ", lo, ", got ", pair_str(p)));
+  return p;
+}
+
+// The window must fit the padded input: an output of at least one row and one column.
+// input says where H and W came from ("x of shape (...)").
+void check_fits(const char* what, const IntPair& extent, int64_t H, int64_t W, const IntPair& pad, const std::string& input) {
+  if (extent.first > H + 2 * pad.first || extent.second > W + 2 * pad.second)
+    throw py::value_error(cat(what, " ", extent.first, "x", extent.second, " is larger than the padded input ",
+                              H + 2 * pad.first, "x", W + 2 * pad.second, " (", input, ", padding ", pair_str(pad), ")"));
+}
+
+// Workspace of n elements, its size overflow-checked.
+template <typename T>
+std::vector<T> workspace(int64_t n) {
+  if (n < 0 || n > std::numeric_limits<int64_t>::max() / int64_t(sizeof(T)))
+    throw py::value_error("the convolution's workspace is too large to allocate");
+  return std::vector<T>(static_cast<size_t>(n));
+}
+
+// -- conv2d ------------------------------------------------------------------------------------------
+
+// x (N,C,H,W) and weight (O,C,kh,kw) with the window arguments -> the shape, every size checked.
+Conv2dShape checked_conv_shape(const py::array& x, const py::array& w, const py::handle& stride_obj,
+                               const py::handle& padding_obj, const py::handle& dilation_obj) {
+  check_ndim(x, "x", 4);
+  check_ndim(w, "weight", 4);
+  const IntPair stride = at_least(int_pair(stride_obj, "stride"), "stride", 1);
+  const IntPair pad = at_least(int_pair(padding_obj, "padding"), "padding", 0);
+  const IntPair dil = at_least(int_pair(dilation_obj, "dilation"), "dilation", 1);
+  Conv2dShape s{x.shape(0), x.shape(1), x.shape(2), x.shape(3), w.shape(0), w.shape(2), w.shape(3),
+                stride.first, stride.second, pad.first, pad.second, dil.first, dil.second, 0, 0};
+  if (w.shape(1) != s.C)
+    throw py::value_error(cat("weight must have shape (out_channels, ", s.C, ", kh, kw) to match x of shape ", shape_str(x),
+                              " (", s.C, " channels), got ", shape_str(w)));
+  if (s.kh < 1 || s.kw < 1) throw py::value_error(cat("weight's kernel must be at least 1x1, got weight of shape ", shape_str(w)));
+  check_fits("the kernel's extent", {dil.first * (s.kh - 1) + 1, dil.second * (s.kw - 1) + 1}, s.H, s.W, pad,
+             cat("x of shape ", shape_str(x)));
+  s.Ho = conv2d_out_size(s.H, s.kh, s.stride_h, s.pad_h, s.dil_h);
+  s.Wo = conv2d_out_size(s.W, s.kw, s.stride_w, s.pad_w, s.dil_w);
+  return s;
+}
+
+// x (N,C,H,W), weight (O,C,kh,kw), bias (O) or None -> (y, z) both (N,O,Ho,Wo)
+template <bool Reference>
+py::tuple conv2d_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
+                               const py::handle& stride, const py::handle& padding, const py::handle& dilation,
+                               const std::string& activation, double slope) {
+  DType dt;
+  const py::array x = float_input(x_obj, "x", &dt);
+  const py::array w = float_input_like(w_obj, "weight", dt, "x");
+  const Conv2dShape s = checked_conv_shape(x, w, stride, padding, dilation);
+  std::optional<py::array> b;
+  if (!b_obj.is_none()) {
+    b = float_input_like(b_obj, "bias", dt, "x");
+    check_shape(*b, "bias", {s.O});
+  }
+  const Activation act = parse_activation(activation);
+  check_finite_scalar(slope, "negative_slope");
+  return dispatch(dt, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array y = empty<T>({s.N, s.O, s.Ho, s.Wo}), z = empty<T>({s.N, s.O, s.Ho, s.Wo});
+    std::vector<T> ws = workspace<T>(Reference ? 0 : conv2d_forward_workspace(s));
+    {
+      py::gil_scoped_release nogil;
+      if (Reference)
+        conv2d_forward_reference<T>(ptr<T>(y), ptr<T>(z), ptr<T>(x), ptr<T>(w), ptr_or_null<T>(b), s, act, T(slope));
+      else
+        conv2d_forward<T>(ptr<T>(y), ptr<T>(z), ws.data(), ptr<T>(x), ptr<T>(w), ptr_or_null<T>(b), s, act, T(slope));
+    }
+    return py::make_tuple(y, z);
+  });
+}
+
+// grad_y, z, y (N,O,Ho,Wo); x (N,C,H,W); weight (O,C,kh,kw) -> (grad_x | None, grad_weight, grad_bias | None).
+// grad_weight / grad_bias, when given, are accumulated into in place. z and y may be None for the identity.
+template <bool Reference>
+py::tuple conv2d_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
+                                const py::handle& z_obj, const py::handle& y_obj, const py::handle& stride,
+                                const py::handle& padding, const py::handle& dilation, const std::string& activation,
+                                double slope, bool has_bias, bool need_grad_x, const py::handle& dw_obj,
+                                const py::handle& db_obj) {
+  DType dt;
+  py::array dy = float_input(dy_obj, "grad_y", &dt);
+  py::array x = float_input_like(x_obj, "x", dt, "grad_y");
+  py::array w = float_input_like(w_obj, "weight", dt, "grad_y");
+  const Conv2dShape s = checked_conv_shape(x, w, stride, padding, dilation);
+  const std::vector<int64_t> out_dims{s.N, s.O, s.Ho, s.Wo};
+  check_shape(dy, "grad_y", out_dims);
+  const Activation act = parse_activation(activation);
+  const bool need_zy = act != Activation::identity || !z_obj.is_none() || !y_obj.is_none();
+  py::array z = need_zy ? float_input_like(z_obj, "z", dt, "grad_y") : dy;
+  py::array y = need_zy ? float_input_like(y_obj, "y", dt, "grad_y") : dy;
+  check_shape(z, "z", out_dims);
+  check_shape(y, "y", out_dims);
+  check_finite_scalar(slope, "negative_slope");
+  if (!has_bias && !db_obj.is_none()) throw py::value_error("grad_bias was given but has_bias is False");
+  return dispatch(dt, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    const std::vector<int64_t> w_dims{s.O, s.C, s.kh, s.kw};
+    py::array dw, db;
+    if (dw_obj.is_none()) {
+      dw = empty<T>(w_dims);
+      std::fill_n(ptr<T>(dw), dw.size(), T(0));
+    } else {
+      dw = float_inout_like(dw_obj, "grad_weight", dt, "grad_y");
+      check_shape(dw, "grad_weight", w_dims);
+      for (auto [in, name] : {std::pair{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&z, "z"}, {&y, "y"}})
+        check_no_overlap(dw, "grad_weight", *in, name);
+    }
+    if (has_bias) {
+      if (db_obj.is_none()) {
+        db = empty<T>({s.O});
+        std::fill_n(ptr<T>(db), s.O, T(0));
+      } else {
+        db = float_inout_like(db_obj, "grad_bias", dt, "grad_y");
+        check_shape(db, "grad_bias", {s.O});
+        for (auto [in, name] : {std::pair{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&z, "z"}, {&y, "y"}, {&dw, "grad_weight"}})
+          check_no_overlap(db, "grad_bias", *in, name);
+      }
+    }
+    py::array dx = need_grad_x ? py::array(empty<T>({s.N, s.C, s.H, s.W})) : py::array();
+    std::vector<T> ws = workspace<T>(Reference ? 0 : conv2d_backward_workspace(s, act));
+    {
+      py::gil_scoped_release nogil;
+      T* dx_p = need_grad_x ? ptr<T>(dx) : nullptr;
+      T* db_p = has_bias ? ptr<T>(db) : nullptr;
+      const T* z_p = need_zy ? ptr<T>(z) : nullptr;
+      const T* y_p = need_zy ? ptr<T>(y) : nullptr;
+      if (Reference)
+        conv2d_backward_reference<T>(dx_p, ptr<T>(dw), db_p, ptr<T>(dy), ptr<T>(x), ptr<T>(w), z_p, y_p, s, act, T(slope));
+      else
+        conv2d_backward<T>(dx_p, ptr<T>(dw), db_p, ws.data(), ptr<T>(dy), ptr<T>(x), ptr<T>(w), z_p, y_p, s, act, T(slope));
+    }
+    return py::make_tuple(need_grad_x ? py::object(dx) : py::none(), dw, has_bias ? py::object(db) : py::none());
+  });
+}
+
+// -- pooling -----------------------------------------------------------------------------------------
+
+// The pooling window over an input of H x W: kernel_size >= 1, stride >= 1 (None: the kernel), 0 <= padding
+// <= kernel / 2 (PyTorch's bound), the window no larger than the padded input.
+Pool2dShape checked_pool_shape(int64_t N, int64_t C, int64_t H, int64_t W, const py::handle& kernel_obj,
+                               const py::handle& stride_obj, const py::handle& padding_obj, const std::string& input) {
+  const IntPair k = at_least(int_pair(kernel_obj, "kernel_size"), "kernel_size", 1);
+  const IntPair st = stride_obj.is_none() ? k : at_least(int_pair(stride_obj, "stride"), "stride", 1);
+  const IntPair pad = at_least(int_pair(padding_obj, "padding"), "padding", 0);
+  if (2 * pad.first > k.first || 2 * pad.second > k.second)
+    throw py::value_error(cat("padding must be at most half of kernel_size, got padding ", pair_str(pad),
+                              " for kernel_size ", pair_str(k)));
+  check_fits("kernel_size", k, H, W, pad, input);
+  return {N, C, H, W, k.first, k.second, st.first, st.second, pad.first, pad.second,
+          (H + 2 * pad.first - k.first) / st.first + 1, (W + 2 * pad.second - k.second) / st.second + 1};
+}
+
+// x (N,C,H,W) -> y (N,C,Ho,Wo), indices int64 (N,C,Ho,Wo)
+py::tuple max_pool2d_forward_entry(const py::handle& x_obj, const py::handle& kernel, const py::handle& stride,
+                                   const py::handle& padding) {
+  DType dt;
+  const py::array x = float_input(x_obj, "x", &dt);
+  check_ndim(x, "x", 4);
+  const Pool2dShape s = checked_pool_shape(x.shape(0), x.shape(1), x.shape(2), x.shape(3), kernel, stride, padding,
+                                           cat("x of shape ", shape_str(x)));
+  return dispatch(dt, [&](auto tag) -> py::tuple {
+    using T = decltype(tag);
+    py::array y = empty<T>({s.N, s.C, s.Ho, s.Wo});
+    py::array indices = empty<int64_t>({s.N, s.C, s.Ho, s.Wo});
+    {
+      py::gil_scoped_release nogil;
+      max_pool2d_forward<T>(ptr<T>(y), ptr<int64_t>(indices), ptr<T>(x), s);
+    }
+    return py::make_tuple(y, indices);
+  });
+}
+
+// The input's (H, W): two ints >= 1.
+IntPair checked_input_size(const py::handle& obj) {
+  return at_least(int_pair(obj, "input_size", false), "input_size", 1);
+}
+
+// grad_y, indices (N,C,Ho,Wo); input_size (H, W) -> grad_x (N,C,H,W)
+py::array max_pool2d_backward_entry(const py::handle& dy_obj, const py::handle& indices_obj, const py::handle& size_obj) {
+  DType dt;
+  const py::array dy = float_input(dy_obj, "grad_y", &dt);
+  check_ndim(dy, "grad_y", 4);
+  const py::array indices = as_array(indices_obj, "indices");
+  if (!indices.dtype().equal(py::dtype::of<int64_t>()))
+    throw py::type_error(cat("indices must have dtype int64 (max_pool2d_forward's), got ", dtype_str(indices)));
+  check_layout(indices, "indices");
+  check_same_shape(indices, "indices", dy, "grad_y");
+  const IntPair hw = checked_input_size(size_obj);
+  const Pool2dShape s{dy.shape(0), dy.shape(1), hw.first, hw.second, 1, 1, 1, 1, 0, 0, dy.shape(2), dy.shape(3)};
+  const int64_t* idx = static_cast<const int64_t*>(indices.data());
+  for (int64_t i = 0, n = indices.size(), HW = s.H * s.W; i < n; ++i)
+    if (idx[i] < 0 || idx[i] >= HW)
+      throw py::value_error(cat("indices must be in [0, ", HW, ") for input_size ", pair_str(hw), "; element ", i, " is ", idx[i]));
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array dx = empty<T>({s.N, s.C, s.H, s.W});
+    {
+      py::gil_scoped_release nogil;
+      max_pool2d_backward<T>(ptr<T>(dx), ptr<T>(dy), idx, s);
+    }
+    return dx;
+  });
+}
+
+// x (N,C,H,W) -> y (N,C,Ho,Wo)
+py::array avg_pool2d_forward_entry(const py::handle& x_obj, const py::handle& kernel, const py::handle& stride,
+                                   const py::handle& padding, bool count_include_pad) {
+  DType dt;
+  const py::array x = float_input(x_obj, "x", &dt);
+  check_ndim(x, "x", 4);
+  const Pool2dShape s = checked_pool_shape(x.shape(0), x.shape(1), x.shape(2), x.shape(3), kernel, stride, padding,
+                                           cat("x of shape ", shape_str(x)));
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array y = empty<T>({s.N, s.C, s.Ho, s.Wo});
+    {
+      py::gil_scoped_release nogil;
+      avg_pool2d_forward<T>(ptr<T>(y), ptr<T>(x), s, count_include_pad);
+    }
+    return y;
+  });
+}
+
+// grad_y (N,C,Ho,Wo); input_size (H, W) -> grad_x (N,C,H,W)
+py::array avg_pool2d_backward_entry(const py::handle& dy_obj, const py::handle& size_obj, const py::handle& kernel,
+                                    const py::handle& stride, const py::handle& padding, bool count_include_pad) {
+  DType dt;
+  const py::array dy = float_input(dy_obj, "grad_y", &dt);
+  check_ndim(dy, "grad_y", 4);
+  const IntPair hw = checked_input_size(size_obj);
+  const Pool2dShape s = checked_pool_shape(dy.shape(0), dy.shape(1), hw.first, hw.second, kernel, stride, padding,
+                                           cat("input_size ", pair_str(hw)));
+  check_shape(dy, "grad_y", {s.N, s.C, s.Ho, s.Wo});
+  return dispatch(dt, [&](auto tag) -> py::array {
+    using T = decltype(tag);
+    py::array dx = empty<T>({s.N, s.C, s.H, s.W});
+    {
+      py::gil_scoped_release nogil;
+      avg_pool2d_backward<T>(ptr<T>(dx), ptr<T>(dy), s, count_include_pad);
+    }
+    return dx;
+  });
+}
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  const py::tuple one = py::make_tuple(1, 1), zero = py::make_tuple(0, 0);
+  m.def("conv2d_forward", &conv2d_forward_entry<false>, "x"_a, "weight"_a, "bias"_a = py::none(), "stride"_a = one,
+        "padding"_a = zero, "dilation"_a = one, "activation"_a = "identity", "negative_slope"_a = 0.01,
+        "(y, z): z = conv2d(x, weight) + bias, y = act(z); im2col per chunk of samples and the GEMM");
+  m.def("conv2d_backward", &conv2d_backward_entry<false>, "grad_y"_a, "x"_a, "weight"_a, "z"_a, "y"_a, "stride"_a = one,
+        "padding"_a = zero, "dilation"_a = one, "activation"_a = "identity", "negative_slope"_a = 0.01,
+        "has_bias"_a = true, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none(),
+        "(grad_x | None, grad_weight, grad_bias | None); given grad_weight / grad_bias are accumulated into");
+  m.def("conv2d_forward_reference", &conv2d_forward_entry<true>, "x"_a, "weight"_a, "bias"_a = py::none(),
+        "stride"_a = one, "padding"_a = zero, "dilation"_a = one, "activation"_a = "identity", "negative_slope"_a = 0.01,
+        "conv2d_forward by the scalar loops the fast kernel is checked against");
+  m.def("conv2d_backward_reference", &conv2d_backward_entry<true>, "grad_y"_a, "x"_a, "weight"_a, "z"_a, "y"_a,
+        "stride"_a = one, "padding"_a = zero, "dilation"_a = one, "activation"_a = "identity",
+        "negative_slope"_a = 0.01, "has_bias"_a = true, "need_grad_x"_a = true, "grad_weight"_a = py::none(),
+        "grad_bias"_a = py::none(), "conv2d_backward by the scalar loops the fast kernel is checked against");
+  m.def("_set_conv2d_chunk", [](int64_t n) {
+    if (n < 0) throw py::value_error(cat("n must be >= 0, got ", n));
+    set_conv2d_chunk_override(n);
+  }, "n"_a, "force the samples per GEMM of conv2d (0: by shape; tests and benchmarks)");
+  m.def("max_pool2d_forward", &max_pool2d_forward_entry, "x"_a, "kernel_size"_a, "stride"_a = py::none(),
+        "padding"_a = 0, "(y, indices): the max of each window and its flat index h*W + w in the input plane");
+  m.def("max_pool2d_backward", &max_pool2d_backward_entry, "grad_y"_a, "indices"_a, "input_size"_a,
+        "grad_x (N,C,H,W): grad_y scatter-added at indices");
+  m.def("avg_pool2d_forward", &avg_pool2d_forward_entry, "x"_a, "kernel_size"_a, "stride"_a = py::none(),
+        "padding"_a = 0, "count_include_pad"_a = true, "the mean of each window");
+  m.def("avg_pool2d_backward", &avg_pool2d_backward_entry, "grad_y"_a, "input_size"_a, "kernel_size"_a,
+        "stride"_a = py::none(), "padding"_a = 0, "count_include_pad"_a = true,
+        "grad_x (N,C,H,W): each grad_y / divisor spread over its window");
+}
+
+}  // namespace fuseprop::bindings

@@ -1,6 +1,7 @@
 // conv2d_forward / conv2d_backward (and their scalar references), max_pool2d_* and avg_pool2d_* (CPU).
 // Window arguments (stride, padding, dilation, kernel_size) are an int or a pair of ints (height, width).
 #include <algorithm>
+#include <memory>
 #include <limits>
 #include <utility>
 #include <vector>
@@ -51,10 +52,12 @@ void check_fits(const char* what, const IntPair& extent, int64_t H, int64_t W, c
 
 // Workspace of n elements, its size overflow-checked.
 template <typename T>
-std::vector<T> workspace(int64_t n) {
+std::unique_ptr<T[]> workspace(int64_t n) {
   if (n < 0 || n > std::numeric_limits<int64_t>::max() / int64_t(sizeof(T)))
     throw py::value_error("the convolution's workspace is too large to allocate");
-  return std::vector<T>(static_cast<size_t>(n));
+  // Uninitialised (new T[n], not a zero-filled vector): the kernels write every element before reading it,
+  // and zeroing a 4 MB im2col buffer per call was a pass over memory of its own.
+  return std::unique_ptr<T[]>(n > 0 ? new T[size_t(n)] : nullptr);
 }
 
 // -- conv2d ------------------------------------------------------------------------------------------
@@ -98,14 +101,17 @@ py::tuple conv2d_forward_entry(const py::handle& x_obj, const py::handle& w_obj,
   check_finite_scalar(slope, "negative_slope");
   return dispatch(dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array y = empty<T>({s.N, s.O, s.Ho, s.Wo}), z = empty<T>({s.N, s.O, s.Ho, s.Wo});
-    std::vector<T> ws = workspace<T>(Reference ? 0 : conv2d_forward_workspace(s));
+    // For the identity z and y are the same values: one array, returned as both (half the writes; the
+    // kernels allow z == y). Nothing writes into either afterwards.
+    py::array y = empty<T>({s.N, s.O, s.Ho, s.Wo});
+    py::array z = act == Activation::identity ? y : py::array(empty<T>({s.N, s.O, s.Ho, s.Wo}));
+    std::unique_ptr<T[]> ws = workspace<T>(Reference ? 0 : conv2d_forward_workspace(s));
     {
       py::gil_scoped_release nogil;
       if (Reference)
         conv2d_forward_reference<T>(ptr<T>(y), ptr<T>(z), ptr<T>(x), ptr<T>(w), ptr_or_null<T>(b), s, act, T(slope));
       else
-        conv2d_forward<T>(ptr<T>(y), ptr<T>(z), ws.data(), ptr<T>(x), ptr<T>(w), ptr_or_null<T>(b), s, act, T(slope));
+        conv2d_forward<T>(ptr<T>(y), ptr<T>(z), ws.get(), ptr<T>(x), ptr<T>(w), ptr_or_null<T>(b), s, act, T(slope));
     }
     return py::make_tuple(y, z);
   });
@@ -159,7 +165,7 @@ py::tuple conv2d_backward_entry(const py::handle& dy_obj, const py::handle& x_ob
       }
     }
     py::array dx = need_grad_x ? py::array(empty<T>({s.N, s.C, s.H, s.W})) : py::array();
-    std::vector<T> ws = workspace<T>(Reference ? 0 : conv2d_backward_workspace(s, act));
+    std::unique_ptr<T[]> ws = workspace<T>(Reference ? 0 : conv2d_backward_workspace(s, act));
     {
       py::gil_scoped_release nogil;
       T* dx_p = need_grad_x ? ptr<T>(dx) : nullptr;
@@ -169,7 +175,7 @@ py::tuple conv2d_backward_entry(const py::handle& dy_obj, const py::handle& x_ob
       if (Reference)
         conv2d_backward_reference<T>(dx_p, ptr<T>(dw), db_p, ptr<T>(dy), ptr<T>(x), ptr<T>(w), z_p, y_p, s, act, T(slope));
       else
-        conv2d_backward<T>(dx_p, ptr<T>(dw), db_p, ws.data(), ptr<T>(dy), ptr<T>(x), ptr<T>(w), z_p, y_p, s, act, T(slope));
+        conv2d_backward<T>(dx_p, ptr<T>(dw), db_p, ws.get(), ptr<T>(dy), ptr<T>(x), ptr<T>(w), z_p, y_p, s, act, T(slope));
     }
     return py::make_tuple(need_grad_x ? py::object(dx) : py::none(), dw, has_bias ? py::object(db) : py::none());
   });

@@ -350,6 +350,122 @@ def train_step(sizes, batch, *, impls=IMPLS) -> Case:
     return Case(train_flops(sizes, batch), batch, fns, validate)
 
 
+# -- the Fashion-MNIST CNN's training step (python -m fuseprop train --model cnn): two 3x3 conv / batch norm /
+# ReLU / 2x2 max pool blocks of 32 and 64 channels, Linear(3136, 128), ReLU, Linear(128, 10); SGD
+
+CNN_BATCH = 128
+
+
+def _cnn_layers(module, dtype=None):
+    kw = {} if dtype is None else {"dtype": dtype}
+    layers = []
+    for c, o in ((1, 32), (32, 64)):
+        layers += [module.Conv2d(c, o, 3, padding=1, bias=False, **kw), module.BatchNorm2d(o, **kw), module.ReLU(),
+                   module.MaxPool2d(2)]
+    return layers + [module.Flatten(), module.Linear(64 * 7 * 7, 128, **kw), module.ReLU(),
+                     module.Linear(128, 10, **kw)]
+
+
+def cnn_flops(batch):
+    """Forward, and backward's weight gradients everywhere and input gradients but for the first conv."""
+    conv1, conv2 = 2.0 * 32 * 9 * 28 * 28, 2.0 * 64 * 32 * 9 * 14 * 14
+    dense = 2.0 * (64 * 7 * 7 * 128 + 128 * 10)
+    return batch * (3 * (conv1 + conv2 + dense) - conv1)
+
+
+def _cnn_reference_step(state, x, y):
+    """(loss, {name: update}) of one float64 SGD step computed with fuseprop.reference (NumPy, no native code)."""
+    from fuseprop import reference as R
+    p = {k: v.astype(np.float64) for k, v in state.items()}
+    h, tape = x.astype(np.float64), []
+    for i, (w, bn) in enumerate((("0", "1"), ("4", "5"))):
+        z, _ = R.conv2d_forward(h, p[f"{w}.weight"], None, padding=(1, 1))
+        rm, rv = p[f"{bn}.running_mean"].copy(), p[f"{bn}.running_var"].copy()
+        b, mean, invstd = R.batch_norm_forward(z, p[f"{bn}.weight"], p[f"{bn}.bias"], rm, rv, True)
+        r = np.maximum(b, 0)
+        pooled, idx = R.max_pool2d_forward(r, 2)
+        tape.append((h, z, b, mean, invstd, r, idx))
+        h = pooled
+    flat = h.reshape(len(h), -1)
+    a1, _ = R.linear_forward(flat, p["9.weight"], p["9.bias"])
+    r1 = np.maximum(a1, 0)
+    logits, _ = R.linear_forward(r1, p["11.weight"], p["11.bias"])
+    loss, g = R.cross_entropy_loss(logits, y)
+    grads = {}
+    g, grads["11.weight"], grads["11.bias"] = R.linear_backward(g, r1, p["11.weight"], None, None)
+    g, grads["9.weight"], grads["9.bias"] = R.linear_backward(g * (a1 > 0), flat, p["9.weight"], None, None)
+    g = g.reshape(h.shape)
+    for (w, bn), (hin, z, b, mean, invstd, r, idx) in zip((("4", "5"), ("0", "1")), reversed(tape)):
+        g = R.max_pool2d_backward(g, idx, r.shape[2:]) * (b > 0)
+        g, grads[f"{bn}.weight"], grads[f"{bn}.bias"] = R.batch_norm_backward(g, z, p[f"{bn}.weight"], mean, invstd,
+                                                                              True)
+        g, grads[f"{w}.weight"], _ = R.conv2d_backward(g, hin, p[f"{w}.weight"], None, None, padding=(1, 1),
+                                                       has_bias=False, need_grad_x=w != "0")
+    return loss, {k: -LR * v for k, v in grads.items()}
+
+
+def _torch_cnn(torch, state):
+    model = torch.nn.Sequential(*_cnn_layers(torch.nn))
+    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in state.items()})
+    return model
+
+
+def cnn_train_step(batch=CNN_BATCH, *, impls=IMPLS) -> Case:
+    """One SGD step of the Fashion-MNIST CNN, from one shared initial state (batch statistics: training mode)."""
+    fuseprop.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, size=batch)
+    model = nn.Sequential(*_cnn_layers(nn))
+    state = model.state_dict()
+    names = [k for k, _ in model.named_parameters()]
+    fns, params = {}, {}
+    if "fuseprop" in impls:
+        opt, loss_fn = optim.SGD(model.parameters(), lr=LR), losses.CrossEntropyLoss()
+        fns["fuseprop"] = lambda: model.train_step(x, y, loss_fn, opt)
+        params["fuseprop"] = lambda: [p.data for p in model.parameters()]
+    if "torch" in impls or "torch.compile" in impls:
+        torch = _torch()
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        if "torch" in impls:
+            eager = _torch_cnn(torch, state)
+            topt = torch.optim.SGD(eager.parameters(), lr=LR)
+
+            def torch_step():
+                topt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(eager(tx), ty)
+                loss.backward()
+                topt.step()
+                return loss.item()
+            fns["torch"], params["torch"] = torch_step, lambda: [p.detach().numpy() for p in eager.parameters()]
+        if "torch.compile" in impls:
+            compiled_model = _torch_cnn(torch, state)
+            copt = torch.optim.SGD(compiled_model.parameters(), lr=LR)
+
+            @torch.compile
+            def forward_loss(xb, yb):
+                return torch.nn.functional.cross_entropy(compiled_model(xb), yb)
+
+            def compiled_step():  # forward and loss compiled (their backward with them), SGD as usual
+                copt.zero_grad()
+                loss = forward_loss(tx, ty)
+                loss.backward()
+                copt.step()
+                return loss.item()
+            fns["torch.compile"] = compiled_step
+            params["torch.compile"] = lambda: [p.detach().numpy() for p in compiled_model.parameters()]
+    ref_loss, ref_updates = _cnn_reference_step(state, x, y)
+
+    def validate(name):
+        before = [np.array(p, copy=True) for p in params[name]()]
+        assert_close(fns[name](), ref_loss, f"{name} loss")
+        for pname, after, b in zip(names, params[name](), before):
+            assert_close(after.astype(np.float64) - b, ref_updates[pname], f"{name} update of {pname}",
+                         atol=np.finfo(np.float32).eps * np.abs(after))
+
+    return Case(cnn_flops(batch), batch, fns, validate)
+
+
 def _gemm_specs():
     """Named `gemm MxK-N <product>`: op(A) (M,K) times op(B) (K,N), as the layers compute it; x (B,IN),
     W (OUT,IN), dz (B,OUT). Forward x.W.T: B x IN -> OUT; dW = dz.T.x: OUT x B -> IN; dx = dz.W: B x OUT -> IN."""
@@ -370,6 +486,7 @@ SPECS = {
                for b, i, o in LAYERS for d, f in (("fwd", linear_forward), ("bwd", linear_backward))],
     "train": [Spec(f"train {'-'.join(map(str, sizes))} b{batch}", partial(train_step, sizes, batch), IMPLS)
               for sizes, batch in NETWORKS],
+    "cnn": [Spec(f"train cnn 1x28x28-c32-c64-128-10 b{CNN_BATCH}", cnn_train_step, ("fuseprop", "torch", "torch.compile"))],
 }
 
 

@@ -464,6 +464,28 @@ def test_cli_train_on_idx_files(tmp_path, capsys):
     assert extra["sizes"] == [144, 16, 3] and extra["std"] > 0
 
 
+def test_cli_trains_the_cnn_on_idx_files(tmp_path, capsys):
+    from fuseprop.__main__ import build_cnn, main
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 240).astype(np.uint8)
+    images = rng.integers(0, 60, (240, 12, 12)).astype(np.uint8)
+    for i, c in enumerate(labels):  # a bright 4x4 square whose corner is the class
+        images[i, 4 * c:4 * c + 4, 4 * c:4 * c + 4] = 230
+    paths = []
+    for name, arr in (("tri", images), ("trl", labels), ("tei", images[:60]), ("tel", labels[:60])):
+        datasets.write_idx(tmp_path / f"{name}.gz", arr)
+        paths.append(str(tmp_path / f"{name}.gz"))
+    code = main(["train", "--model", "cnn", "--channels", "4", "8", "--hidden", "16", "--train-images", paths[0],
+                 "--train-labels", paths[1], "--test-images", paths[2], "--test-labels", paths[3], "--epochs", "4",
+                 "--batch-size", "32", "--verbose", "2", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert code == 0 and "network cnn 1x12x12 -> conv3x3(4) bn relu pool2 -> conv3x3(8) bn relu pool2 -> 16 -> 3" in out
+    assert float(re.search(r"final test accuracy ([\d.]+)%", out).group(1)) > 90
+    restored = build_cnn([4, 8], 16, 3, (1, 12, 12))  # the checkpoint holds the layers and the batch statistics
+    extra = checkpoint.load_checkpoint(tmp_path / "out" / f"checkpoint.{checkpoint.default_format()}", restored)
+    assert extra["model"] == "cnn" and int(restored[1].num_batches_tracked) == 4 * 8
+
+
 @pytest.mark.skipif(not os.path.isdir(FASHION), reason="Fashion-MNIST is not installed")
 def test_fashion_mnist_one_epoch_smoke():
     (x, y), (xt, yt) = datasets.load_fashion_mnist(FASHION)

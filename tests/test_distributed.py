@@ -481,3 +481,21 @@ def test_thread_ranks_sharing_one_loss_object_do_not_mix_their_gradients():
             np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
         for k in runs[0][0][0]:
             np.testing.assert_array_equal(results[0][0][k], runs[0][0][0][k])
+
+
+def test_batch_norm_buffers_are_the_same_on_every_rank_after_a_step():
+    x = np.random.default_rng(0).normal(size=(32, 3, 6, 6)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 2, 32)
+
+    def rank_main(comm):
+        fuseprop.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 2))
+        ddp = DataParallel(model, comm, timeout=20)
+        lo = comm.Get_rank() * 16
+        ddp.train_step(x[lo:lo + 16], y[lo:lo + 16], losses.CrossEntropyLoss(), optim.SGD(model.parameters(), lr=0.1))
+        return {k: v.copy() for k, v in model.state_dict().items()}
+
+    first, second = run_local(2, rank_main)
+    for k in first:
+        np.testing.assert_array_equal(first[k], second[k], err_msg=k)
+    assert int(first["1.num_batches_tracked"]) == 1

@@ -21,6 +21,9 @@ How a step runs on each rank (``DataParallel.train_step``; ``fit(distributed=...
      those of the global batch, with no extra message.
   5. After every bucket has completed: penalties, clipping, the finiteness checks and ``optimizer.step()``,
      identical on every rank (the kernels are deterministic), so the replicas stay equal.
+  6. Batch normalisation is the exception to "as one process would": each rank normalises its own part of
+     the batch with that part's statistics (as torch's DDP without SyncBatchNorm). After every step rank
+     0's buffers (the running statistics) are broadcast, so every replica holds the same model.
 
 Faults. Every wait has a deadline (``timeout``, default 60 s or ``$FUSEPROP_DIST_TIMEOUT``): a collective
 that does not complete in time (a rank died, hangs, or called a different collective) prints which rank

@@ -138,8 +138,17 @@ class DataParallel:
         raise DistributedError(message)
 
     def broadcast_parameters(self, root: int = 0):
-        """Overwrite every rank's parameters with root's (in place)."""
+        """Overwrite every rank's parameters (and buffers) with root's (in place)."""
         self._wait([self.comm.Ibcast(p.data, root=root) for p in self._params], "the broadcast of the parameters")
+        self.broadcast_buffers(root)
+
+    def broadcast_buffers(self, root: int = 0):
+        """Overwrite every rank's buffers (BatchNorm's running statistics) with root's, as torch's DDP does
+        (broadcast_buffers=True): each rank's batch norm sees only its part of the batch, so their running
+        statistics would drift apart; after every step all ranks hold rank 0's."""
+        buffers = self.module.buffers()
+        if buffers:
+            self._wait([self.comm.Ibcast(b, root=root) for b in buffers], "the broadcast of the buffers")
 
     def _check_same_model(self, params):
         shapes = ";".join(f"{p.shape}" for p in params) + str(params[0].dtype)
@@ -214,6 +223,7 @@ class DataParallel:
         hooks = _AllReduce(self, loss_fn, record)
         value, _ = per_layer_step(self.module, x, y, loss_fn, optimizer, l1=l1, l2=l2, clip_norm=clip_norm,
                                   clip_value=clip_value, hooks=hooks)
+        self.broadcast_buffers()
         self.stats["steps"] += 1
         self.stats["step_seconds"] += time.perf_counter() - start
         self.stats["comm_seconds"] += self._comm_seconds

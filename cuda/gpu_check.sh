@@ -17,6 +17,8 @@ python3 -c "import fuseprop, pprint; pprint.pprint(fuseprop.build_info())"  # th
 tests=0
 # Every CUDA test file (tests/test_cuda*.py), then the CPU suite's parity tests once more on this build.
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda*.py || tests=$?  # time even if they fail
+# The op registry's CUDA twins (tests/ops/op_registry.py's cuda= runners) against the float64 reference.
+python3 -m pytest -q -p no:cacheprovider -m cuda tests/ops || tests=$?
 
 python3 - <<'PY'
 # Device time only: fuseprop's cuda_matmul_time_ms times device-resident operands with CUDA events

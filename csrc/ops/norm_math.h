@@ -1,6 +1,7 @@
-// The normalisation formulas, one scalar source each, for the CPU kernels (ops/norm.cpp) and a future
-// CUDA twin. How a backend reduces a channel or a row (loops, lanes, warps) stays its own; these are the
-// values per channel (batch norm), per row (layer norm) or per element. Statistics are in double.
+// The normalisation formulas, one scalar source each, for the CPU kernels (ops/norm.cpp) and their CUDA
+// twins (cuda/ops/norm_cuda.cu). How a backend reduces a channel or a row (loops, lanes, warps) stays its
+// own; these are the values per channel (batch norm), per row (layer norm) or per element. Statistics are
+// in double.
 #pragma once
 
 #include <cmath>

@@ -1,9 +1,13 @@
-// batch_norm_forward / _backward and layer_norm_forward / _backward (CPU).
+// batch_norm_forward / _backward and layer_norm_forward / _backward (CPU), and their CUDA twins cuda_*
+// (float32): one set of checks for both.
 #include <algorithm>
 
 #include "python/bind.h"
 #include "python/checks.h"
 #include "ops/norm.h"
+#if FUSEPROP_CUDA_COMPILED
+#include "cuda/ops/norm_cuda.h"
+#endif
 
 namespace fuseprop::bindings {
 
@@ -82,41 +86,92 @@ py::array zeros(const std::vector<int64_t>& dims) {
 
 py::object or_none(const std::optional<py::array>& a) { return a ? py::object(*a) : py::none(); }
 
+py::array like(const py::array& x) {
+  return py::array(x.dtype(), std::vector<py::ssize_t>(x.shape(), x.shape() + x.ndim()));
+}
+
+// The checks of a batch_norm forward, shared by the CPU and CUDA entries: x (N, C, *spatial); weight, bias,
+// running_mean, running_var (C,) or None (the running statistics both or neither, and required in evaluation).
+struct BatchNormForwardArgs {
+  DType dt;
+  std::optional<py::array> x, w, b, rm, rv;
+  int64_t N, C, S;
+};
+BatchNormForwardArgs checked_batch_norm_forward_args(const py::handle& x_obj, const py::handle& w_obj,
+                                                     const py::handle& b_obj, const py::handle& rm_obj,
+                                                     const py::handle& rv_obj, bool training, double momentum,
+                                                     double eps) {
+  BatchNormForwardArgs r;
+  r.x = float_input(x_obj, "x", &r.dt);
+  const std::vector<int64_t> ncs = channel_dims(*r.x, "x");
+  r.N = ncs[0], r.C = ncs[1], r.S = ncs[2];
+  r.w = optional_input(w_obj, "weight", r.dt, "x", {r.C});
+  r.b = optional_input(b_obj, "bias", r.dt, "x", {r.C});
+  r.rm = optional_inout(rm_obj, "running_mean", r.dt, "x", {r.C}, {{&r.x, "x"}, {&r.w, "weight"}, {&r.b, "bias"}});
+  r.rv = optional_inout(rv_obj, "running_var", r.dt, "x", {r.C},
+                        {{&r.x, "x"}, {&r.w, "weight"}, {&r.b, "bias"}, {&r.rm, "running_mean"}});
+  if (r.rm.has_value() != r.rv.has_value())
+    throw py::value_error("running_mean and running_var must either both be None or neither be None");
+  if (!training && !r.rm)
+    throw py::value_error("running_mean and running_var are required when training is False (evaluation "
+                          "normalises with the running statistics)");
+  check_range(momentum, "momentum", 0.0, 1.0, true);
+  check_eps(eps);
+  if (training && r.N * r.S == 1)
+    throw py::value_error(cat("Expected more than 1 value per channel when training, got input size ", shape_str(*r.x)));
+  return r;
+}
+
 // x (N, C, *spatial); weight, bias, running_mean, running_var (C,) or None -> (y like x, save_mean (C,),
 // save_invstd (C,)). training: running_* (when given) are updated in place.
 py::tuple batch_norm_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
                                    const py::handle& rm_obj, const py::handle& rv_obj, bool training, double momentum,
                                    double eps) {
-  DType dt;
-  const std::optional<py::array> x = float_input(x_obj, "x", &dt);
-  const std::vector<int64_t> ncs = channel_dims(*x, "x");
-  const int64_t N = ncs[0], C = ncs[1], S = ncs[2];
-  const std::optional<py::array> w = optional_input(w_obj, "weight", dt, "x", {C});
-  const std::optional<py::array> b = optional_input(b_obj, "bias", dt, "x", {C});
-  const std::optional<py::array> rm =
-      optional_inout(rm_obj, "running_mean", dt, "x", {C}, {{&x, "x"}, {&w, "weight"}, {&b, "bias"}});
-  const std::optional<py::array> rv = optional_inout(rv_obj, "running_var", dt, "x", {C},
-                                                     {{&x, "x"}, {&w, "weight"}, {&b, "bias"}, {&rm, "running_mean"}});
-  if (rm.has_value() != rv.has_value())
-    throw py::value_error("running_mean and running_var must either both be None or neither be None");
-  if (!training && !rm)
-    throw py::value_error("running_mean and running_var are required when training is False (evaluation "
-                          "normalises with the running statistics)");
-  check_range(momentum, "momentum", 0.0, 1.0, true);
-  check_eps(eps);
-  if (training && N * S == 1)
-    throw py::value_error(cat("Expected more than 1 value per channel when training, got input size ", shape_str(*x)));
-  return dispatch(dt, [&](auto tag) -> py::tuple {
+  const BatchNormForwardArgs r =
+      checked_batch_norm_forward_args(x_obj, w_obj, b_obj, rm_obj, rv_obj, training, momentum, eps);
+  return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array y(x->dtype(), std::vector<py::ssize_t>(x->shape(), x->shape() + x->ndim()));
-    py::array save_mean = empty<T>({C}), save_invstd = empty<T>({C});
+    py::array y = like(*r.x);
+    py::array save_mean = empty<T>({r.C}), save_invstd = empty<T>({r.C});
     {
       py::gil_scoped_release nogil;
-      batch_norm_forward<T>(ptr<T>(y), ptr<T>(save_mean), ptr<T>(save_invstd), ptr_or_null<T>(rm), ptr_or_null<T>(rv),
-                            ptr<T>(*x), ptr_or_null<T>(w), ptr_or_null<T>(b), N, C, S, training, momentum, eps);
+      batch_norm_forward<T>(ptr<T>(y), ptr<T>(save_mean), ptr<T>(save_invstd), ptr_or_null<T>(r.rm),
+                            ptr_or_null<T>(r.rv), ptr<T>(*r.x), ptr_or_null<T>(r.w), ptr_or_null<T>(r.b), r.N, r.C, r.S,
+                            training, momentum, eps);
     }
     return py::make_tuple(y, save_mean, save_invstd);
   });
+}
+
+// The checks of a batch_norm backward, shared by the CPU and CUDA entries: grad_y, x (N, C, *spatial);
+// weight (C,) or None; save_mean, save_invstd (C,); grad_weight, grad_bias (C,) or None, updated in place.
+struct BatchNormBackwardArgs {
+  DType dt;
+  std::optional<py::array> dy, x, w, mean, invstd, dw, db;
+  int64_t N, C, S;
+};
+BatchNormBackwardArgs checked_batch_norm_backward_args(const py::handle& dy_obj, const py::handle& x_obj,
+                                                       const py::handle& w_obj, const py::handle& mean_obj,
+                                                       const py::handle& invstd_obj, const py::handle& dw_obj,
+                                                       const py::handle& db_obj) {
+  BatchNormBackwardArgs r;
+  r.dy = float_input(dy_obj, "grad_y", &r.dt);
+  r.x = float_input_like(x_obj, "x", r.dt, "grad_y");
+  const std::vector<int64_t> ncs = channel_dims(*r.x, "x");
+  r.N = ncs[0], r.C = ncs[1], r.S = ncs[2];
+  check_same_shape(*r.dy, "grad_y", *r.x, "x");
+  r.w = optional_input(w_obj, "weight", r.dt, "grad_y", {r.C});
+  r.mean = float_input_like(mean_obj, "save_mean", r.dt, "grad_y");
+  check_shape(*r.mean, "save_mean", {r.C});
+  r.invstd = float_input_like(invstd_obj, "save_invstd", r.dt, "grad_y");
+  check_shape(*r.invstd, "save_invstd", {r.C});
+  r.dw = optional_inout(dw_obj, "grad_weight", r.dt, "grad_y", {r.C},
+                        {{&r.dy, "grad_y"}, {&r.x, "x"}, {&r.w, "weight"}, {&r.mean, "save_mean"},
+                         {&r.invstd, "save_invstd"}});
+  r.db = optional_inout(db_obj, "grad_bias", r.dt, "grad_y", {r.C},
+                        {{&r.dy, "grad_y"}, {&r.x, "x"}, {&r.w, "weight"}, {&r.mean, "save_mean"},
+                         {&r.invstd, "save_invstd"}, {&r.dw, "grad_weight"}});
+  return r;
 }
 
 // grad_y, x (N, C, *spatial); weight (C,) or None; save_mean, save_invstd (C,) -> (grad_x | None,
@@ -125,61 +180,89 @@ py::tuple batch_norm_forward_entry(const py::handle& x_obj, const py::handle& w_
 py::tuple batch_norm_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
                                     const py::handle& mean_obj, const py::handle& invstd_obj, bool training,
                                     bool need_grad_x, const py::handle& dw_obj, const py::handle& db_obj) {
-  DType dt;
-  const std::optional<py::array> dy = float_input(dy_obj, "grad_y", &dt);
-  const std::optional<py::array> x = float_input_like(x_obj, "x", dt, "grad_y");
-  const std::vector<int64_t> ncs = channel_dims(*x, "x");
-  const int64_t N = ncs[0], C = ncs[1], S = ncs[2];
-  check_same_shape(*dy, "grad_y", *x, "x");
-  const std::optional<py::array> w = optional_input(w_obj, "weight", dt, "grad_y", {C});
-  const std::optional<py::array> mean = float_input_like(mean_obj, "save_mean", dt, "grad_y");
-  check_shape(*mean, "save_mean", {C});
-  const std::optional<py::array> invstd = float_input_like(invstd_obj, "save_invstd", dt, "grad_y");
-  check_shape(*invstd, "save_invstd", {C});
-  const std::optional<py::array> dw_given = optional_inout(
-      dw_obj, "grad_weight", dt, "grad_y", {C},
-      {{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&mean, "save_mean"}, {&invstd, "save_invstd"}});
-  const std::optional<py::array> db_given = optional_inout(
-      db_obj, "grad_bias", dt, "grad_y", {C},
-      {{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&mean, "save_mean"}, {&invstd, "save_invstd"},
-       {&dw_given, "grad_weight"}});
-  return dispatch(dt, [&](auto tag) -> py::tuple {
+  const BatchNormBackwardArgs r = checked_batch_norm_backward_args(dy_obj, x_obj, w_obj, mean_obj, invstd_obj, dw_obj, db_obj);
+  return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    std::optional<py::array> dw = dw_given, db = db_given;
-    if (!dw && w) dw = zeros<T>({C});
-    if (!db && w) db = zeros<T>({C});
+    std::optional<py::array> dw = r.dw, db = r.db;
+    if (!dw && r.w) dw = zeros<T>({r.C});
+    if (!db && r.w) db = zeros<T>({r.C});
     std::optional<py::array> dx;
-    if (need_grad_x) dx = py::array(x->dtype(), std::vector<py::ssize_t>(x->shape(), x->shape() + x->ndim()));
+    if (need_grad_x) dx = like(*r.x);
     {
       py::gil_scoped_release nogil;
-      batch_norm_backward<T>(ptr_or_null<T>(dx), ptr_or_null<T>(dw), ptr_or_null<T>(db), ptr<T>(*dy), ptr<T>(*x),
-                             ptr_or_null<T>(w), ptr<T>(*mean), ptr<T>(*invstd), N, C, S, training);
+      batch_norm_backward<T>(ptr_or_null<T>(dx), ptr_or_null<T>(dw), ptr_or_null<T>(db), ptr<T>(*r.dy), ptr<T>(*r.x),
+                             ptr_or_null<T>(r.w), ptr<T>(*r.mean), ptr<T>(*r.invstd), r.N, r.C, r.S, training);
     }
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
   });
 }
 
+// The checks of a layer_norm forward, shared by the CPU and CUDA entries: x (*, normalized_shape); weight,
+// bias (normalized_shape) or None.
+struct LayerNormForwardArgs {
+  DType dt;
+  std::optional<py::array> x, w, b;
+  std::vector<int64_t> lead;
+  int64_t M, D;
+};
+LayerNormForwardArgs checked_layer_norm_forward_args(const py::handle& x_obj, const std::vector<int64_t>& normalized_shape,
+                                                     const py::handle& w_obj, const py::handle& b_obj, double eps) {
+  LayerNormForwardArgs r;
+  r.x = float_input(x_obj, "x", &r.dt);
+  r.lead = leading_dims(*r.x, "x", normalized_shape);
+  r.w = optional_input(w_obj, "weight", r.dt, "x", normalized_shape);
+  r.b = optional_input(b_obj, "bias", r.dt, "x", normalized_shape);
+  check_eps(eps);
+  r.M = product(r.lead), r.D = product(normalized_shape);
+  return r;
+}
+
 // x (*, normalized_shape); weight, bias (normalized_shape) or None -> (y like x, mean, rstd (x.shape[:-k]))
 py::tuple layer_norm_forward_entry(const py::handle& x_obj, const std::vector<int64_t>& normalized_shape,
                                    const py::handle& w_obj, const py::handle& b_obj, double eps) {
-  DType dt;
-  const std::optional<py::array> x = float_input(x_obj, "x", &dt);
-  const std::vector<int64_t> lead = leading_dims(*x, "x", normalized_shape);
-  const std::optional<py::array> w = optional_input(w_obj, "weight", dt, "x", normalized_shape);
-  const std::optional<py::array> b = optional_input(b_obj, "bias", dt, "x", normalized_shape);
-  check_eps(eps);
-  const int64_t M = product(lead), D = product(normalized_shape);
-  return dispatch(dt, [&](auto tag) -> py::tuple {
+  const LayerNormForwardArgs r = checked_layer_norm_forward_args(x_obj, normalized_shape, w_obj, b_obj, eps);
+  return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    py::array y(x->dtype(), std::vector<py::ssize_t>(x->shape(), x->shape() + x->ndim()));
-    py::array mean = empty<T>(lead), rstd = empty<T>(lead);
+    py::array y = like(*r.x);
+    py::array mean = empty<T>(r.lead), rstd = empty<T>(r.lead);
     {
       py::gil_scoped_release nogil;
-      layer_norm_forward<T>(ptr<T>(y), ptr<T>(mean), ptr<T>(rstd), ptr<T>(*x), ptr_or_null<T>(w), ptr_or_null<T>(b),
-                            M, D, eps);
+      layer_norm_forward<T>(ptr<T>(y), ptr<T>(mean), ptr<T>(rstd), ptr<T>(*r.x), ptr_or_null<T>(r.w),
+                            ptr_or_null<T>(r.b), r.M, r.D, eps);
     }
     return py::make_tuple(y, mean, rstd);
   });
+}
+
+// The checks of a layer_norm backward, shared by the CPU and CUDA entries: grad_y, x (*, normalized_shape);
+// weight (normalized_shape) or None; mean, rstd (x.shape[:-k]); grad_weight, grad_bias or None, updated in place.
+struct LayerNormBackwardArgs {
+  DType dt;
+  std::optional<py::array> dy, x, w, mean, rstd, dw, db;
+  int64_t M, D;
+};
+LayerNormBackwardArgs checked_layer_norm_backward_args(const py::handle& dy_obj, const py::handle& x_obj,
+                                                       const std::vector<int64_t>& normalized_shape,
+                                                       const py::handle& w_obj, const py::handle& mean_obj,
+                                                       const py::handle& rstd_obj, const py::handle& dw_obj,
+                                                       const py::handle& db_obj) {
+  LayerNormBackwardArgs r;
+  r.dy = float_input(dy_obj, "grad_y", &r.dt);
+  r.x = float_input_like(x_obj, "x", r.dt, "grad_y");
+  const std::vector<int64_t> lead = leading_dims(*r.x, "x", normalized_shape);
+  check_same_shape(*r.dy, "grad_y", *r.x, "x");
+  r.w = optional_input(w_obj, "weight", r.dt, "grad_y", normalized_shape);
+  r.mean = float_input_like(mean_obj, "mean", r.dt, "grad_y");
+  check_shape(*r.mean, "mean", lead);
+  r.rstd = float_input_like(rstd_obj, "rstd", r.dt, "grad_y");
+  check_shape(*r.rstd, "rstd", lead);
+  r.dw = optional_inout(dw_obj, "grad_weight", r.dt, "grad_y", normalized_shape,
+                        {{&r.dy, "grad_y"}, {&r.x, "x"}, {&r.w, "weight"}, {&r.mean, "mean"}, {&r.rstd, "rstd"}});
+  r.db = optional_inout(db_obj, "grad_bias", r.dt, "grad_y", normalized_shape,
+                        {{&r.dy, "grad_y"}, {&r.x, "x"}, {&r.w, "weight"}, {&r.mean, "mean"}, {&r.rstd, "rstd"},
+                         {&r.dw, "grad_weight"}});
+  r.M = product(lead), r.D = product(normalized_shape);
+  return r;
 }
 
 // grad_y, x (*, normalized_shape); weight (normalized_shape) or None; mean, rstd (x.shape[:-k]) ->
@@ -188,38 +271,134 @@ py::tuple layer_norm_backward_entry(const py::handle& dy_obj, const py::handle& 
                                     const std::vector<int64_t>& normalized_shape, const py::handle& w_obj,
                                     const py::handle& mean_obj, const py::handle& rstd_obj, bool need_grad_x,
                                     const py::handle& dw_obj, const py::handle& db_obj) {
-  DType dt;
-  const std::optional<py::array> dy = float_input(dy_obj, "grad_y", &dt);
-  const std::optional<py::array> x = float_input_like(x_obj, "x", dt, "grad_y");
-  const std::vector<int64_t> lead = leading_dims(*x, "x", normalized_shape);
-  check_same_shape(*dy, "grad_y", *x, "x");
-  const std::optional<py::array> w = optional_input(w_obj, "weight", dt, "grad_y", normalized_shape);
-  const std::optional<py::array> mean = float_input_like(mean_obj, "mean", dt, "grad_y");
-  check_shape(*mean, "mean", lead);
-  const std::optional<py::array> rstd = float_input_like(rstd_obj, "rstd", dt, "grad_y");
-  check_shape(*rstd, "rstd", lead);
-  const std::optional<py::array> dw_given =
-      optional_inout(dw_obj, "grad_weight", dt, "grad_y", normalized_shape,
-                     {{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&mean, "mean"}, {&rstd, "rstd"}});
-  const std::optional<py::array> db_given = optional_inout(
-      db_obj, "grad_bias", dt, "grad_y", normalized_shape,
-      {{&dy, "grad_y"}, {&x, "x"}, {&w, "weight"}, {&mean, "mean"}, {&rstd, "rstd"}, {&dw_given, "grad_weight"}});
-  const int64_t M = product(lead), D = product(normalized_shape);
-  return dispatch(dt, [&](auto tag) -> py::tuple {
+  const LayerNormBackwardArgs r =
+      checked_layer_norm_backward_args(dy_obj, x_obj, normalized_shape, w_obj, mean_obj, rstd_obj, dw_obj, db_obj);
+  return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
-    std::optional<py::array> dw = dw_given, db = db_given;
-    if (!dw && w) dw = zeros<T>(normalized_shape);
-    if (!db && w) db = zeros<T>(normalized_shape);
+    std::optional<py::array> dw = r.dw, db = r.db;
+    if (!dw && r.w) dw = zeros<T>(normalized_shape);
+    if (!db && r.w) db = zeros<T>(normalized_shape);
     std::optional<py::array> dx;
-    if (need_grad_x) dx = py::array(x->dtype(), std::vector<py::ssize_t>(x->shape(), x->shape() + x->ndim()));
+    if (need_grad_x) dx = like(*r.x);
     {
       py::gil_scoped_release nogil;
-      layer_norm_backward<T>(ptr_or_null<T>(dx), ptr_or_null<T>(dw), ptr_or_null<T>(db), ptr<T>(*dy), ptr<T>(*x),
-                             ptr_or_null<T>(w), ptr<T>(*mean), ptr<T>(*rstd), M, D);
+      layer_norm_backward<T>(ptr_or_null<T>(dx), ptr_or_null<T>(dw), ptr_or_null<T>(db), ptr<T>(*r.dy), ptr<T>(*r.x),
+                             ptr_or_null<T>(r.w), ptr<T>(*r.mean), ptr<T>(*r.rstd), r.M, r.D);
     }
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
   });
 }
+
+#if FUSEPROP_CUDA_COMPILED
+// -- the CUDA twins: float32 first, the same checks, outputs allocated, then the device ------------------
+
+// An optional host array's copy on the device (empty when None), and its device pointer (null when None).
+cuda::DeviceBuffer to_device_or_empty(const std::optional<py::array>& a) {
+  return a ? to_device(*a) : cuda::DeviceBuffer();
+}
+float* dptr(const cuda::DeviceBuffer& d, const std::optional<py::array>& a) { return a ? d.as<float>() : nullptr; }
+
+// As batch_norm_forward; the running statistics are updated in place on the host arrays.
+py::tuple cuda_batch_norm_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
+                                        const py::handle& rm_obj, const py::handle& rv_obj, bool training,
+                                        double momentum, double eps) {
+  require_f32(x_obj, "x");
+  const BatchNormForwardArgs r =
+      checked_batch_norm_forward_args(x_obj, w_obj, b_obj, rm_obj, rv_obj, training, momentum, eps);
+  py::array y = like(*r.x), save_mean = empty<float>({r.C}), save_invstd = empty<float>({r.C});
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer d_x = to_device(*r.x), d_w = to_device_or_empty(r.w), d_b = to_device_or_empty(r.b),
+                             d_rm = to_device_or_empty(r.rm), d_rv = to_device_or_empty(r.rv);
+    const cuda::DeviceBuffer d_y(size_t(y.nbytes())), d_mean(size_t(save_mean.nbytes())),
+        d_invstd(size_t(save_invstd.nbytes()));
+    cuda::batch_norm_forward(d_y.as<float>(), d_mean.as<float>(), d_invstd.as<float>(), dptr(d_rm, r.rm),
+                             dptr(d_rv, r.rv), d_x.as<float>(), dptr(d_w, r.w), dptr(d_b, r.b), r.N, r.C, r.S, training,
+                             momentum, eps);
+    d_y.copy_to_host(ptr<void>(y));
+    d_mean.copy_to_host(ptr<void>(save_mean));
+    d_invstd.copy_to_host(ptr<void>(save_invstd));
+    if (r.rm) d_rm.copy_to_host(ptr<void>(*r.rm));
+    if (r.rv) d_rv.copy_to_host(ptr<void>(*r.rv));
+  }
+  return py::make_tuple(y, save_mean, save_invstd);
+}
+
+// As batch_norm_backward: given grad_weight / grad_bias accumulate in place.
+py::tuple cuda_batch_norm_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
+                                         const py::handle& mean_obj, const py::handle& invstd_obj, bool training,
+                                         bool need_grad_x, const py::handle& dw_obj, const py::handle& db_obj) {
+  require_f32(dy_obj, "grad_y");
+  const BatchNormBackwardArgs r = checked_batch_norm_backward_args(dy_obj, x_obj, w_obj, mean_obj, invstd_obj, dw_obj, db_obj);
+  std::optional<py::array> dw = r.dw, db = r.db, dx;
+  if (!dw && r.w) dw = zeros<float>({r.C});
+  if (!db && r.w) db = zeros<float>({r.C});
+  if (need_grad_x) dx = like(*r.x);
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer d_dy = to_device(*r.dy), d_x = to_device(*r.x), d_w = to_device_or_empty(r.w),
+                             d_mean = to_device(*r.mean), d_invstd = to_device(*r.invstd), d_dw = to_device_or_empty(dw),
+                             d_db = to_device_or_empty(db), d_dx(dx ? size_t(dx->nbytes()) : 0);
+    cuda::batch_norm_backward(dptr(d_dx, dx), dptr(d_dw, dw), dptr(d_db, db), d_dy.as<float>(), d_x.as<float>(),
+                              dptr(d_w, r.w), d_mean.as<float>(), d_invstd.as<float>(), r.N, r.C, r.S, training);
+    if (dx) d_dx.copy_to_host(ptr<void>(*dx));
+    if (dw) d_dw.copy_to_host(ptr<void>(*dw));
+    if (db) d_db.copy_to_host(ptr<void>(*db));
+  }
+  return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
+}
+
+// As layer_norm_forward.
+py::tuple cuda_layer_norm_forward_entry(const py::handle& x_obj, const std::vector<int64_t>& normalized_shape,
+                                        const py::handle& w_obj, const py::handle& b_obj, double eps) {
+  require_f32(x_obj, "x");
+  const LayerNormForwardArgs r = checked_layer_norm_forward_args(x_obj, normalized_shape, w_obj, b_obj, eps);
+  py::array y = like(*r.x), mean = empty<float>(r.lead), rstd = empty<float>(r.lead);
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer d_x = to_device(*r.x), d_w = to_device_or_empty(r.w), d_b = to_device_or_empty(r.b);
+    const cuda::DeviceBuffer d_y(size_t(y.nbytes())), d_mean(size_t(mean.nbytes())), d_rstd(size_t(rstd.nbytes()));
+    cuda::layer_norm_forward(d_y.as<float>(), d_mean.as<float>(), d_rstd.as<float>(), d_x.as<float>(), dptr(d_w, r.w),
+                             dptr(d_b, r.b), r.M, r.D, eps);
+    d_y.copy_to_host(ptr<void>(y));
+    d_mean.copy_to_host(ptr<void>(mean));
+    d_rstd.copy_to_host(ptr<void>(rstd));
+  }
+  return py::make_tuple(y, mean, rstd);
+}
+
+// As layer_norm_backward: given grad_weight / grad_bias accumulate in place.
+py::tuple cuda_layer_norm_backward_entry(const py::handle& dy_obj, const py::handle& x_obj,
+                                         const std::vector<int64_t>& normalized_shape, const py::handle& w_obj,
+                                         const py::handle& mean_obj, const py::handle& rstd_obj, bool need_grad_x,
+                                         const py::handle& dw_obj, const py::handle& db_obj) {
+  require_f32(dy_obj, "grad_y");
+  const LayerNormBackwardArgs r =
+      checked_layer_norm_backward_args(dy_obj, x_obj, normalized_shape, w_obj, mean_obj, rstd_obj, dw_obj, db_obj);
+  std::optional<py::array> dw = r.dw, db = r.db, dx;
+  if (!dw && r.w) dw = zeros<float>(normalized_shape);
+  if (!db && r.w) db = zeros<float>(normalized_shape);
+  if (need_grad_x) dx = like(*r.x);
+  // Workspace doubles: a size of existing extents (partitions <= M, times D), so M * D bounds it.
+  const size_t ws_bytes = size_t(cuda::layer_norm_backward_workspace(r.M, r.D)) * sizeof(double);
+  require_device();
+  {
+    py::gil_scoped_release nogil;
+    const cuda::DeviceBuffer d_dy = to_device(*r.dy), d_x = to_device(*r.x), d_w = to_device_or_empty(r.w),
+                             d_mean = to_device(*r.mean), d_rstd = to_device(*r.rstd), d_dw = to_device_or_empty(dw),
+                             d_db = to_device_or_empty(db), d_dx(dx ? size_t(dx->nbytes()) : 0), ws(ws_bytes);
+    cuda::layer_norm_backward(dptr(d_dx, dx), dptr(d_dw, dw), dptr(d_db, db), ws.as<double>(), d_dy.as<float>(),
+                              d_x.as<float>(), dptr(d_w, r.w), d_mean.as<float>(), d_rstd.as<float>(), r.M, r.D);
+    if (dx) d_dx.copy_to_host(ptr<void>(*dx));
+    if (dw) d_dw.copy_to_host(ptr<void>(*dw));
+    if (db) d_db.copy_to_host(ptr<void>(*db));
+  }
+  return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
+}
+#endif
 
 }  // namespace
 
@@ -232,6 +411,16 @@ void bind_norm(py::module_& m) {
         "bias"_a = py::none(), "eps"_a = 1e-5);
   m.def("layer_norm_backward", &layer_norm_backward_entry, "grad_y"_a, "x"_a, "normalized_shape"_a, "weight"_a,
         "mean"_a, "rstd"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none());
+#if FUSEPROP_CUDA_COMPILED
+  m.def("cuda_batch_norm_forward", &cuda_batch_norm_forward_entry, "x"_a, "weight"_a, "bias"_a, "running_mean"_a,
+        "running_var"_a, "training"_a, "momentum"_a = 0.1, "eps"_a = 1e-5);
+  m.def("cuda_batch_norm_backward", &cuda_batch_norm_backward_entry, "grad_y"_a, "x"_a, "weight"_a, "save_mean"_a,
+        "save_invstd"_a, "training"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none());
+  m.def("cuda_layer_norm_forward", &cuda_layer_norm_forward_entry, "x"_a, "normalized_shape"_a, "weight"_a = py::none(),
+        "bias"_a = py::none(), "eps"_a = 1e-5);
+  m.def("cuda_layer_norm_backward", &cuda_layer_norm_backward_entry, "grad_y"_a, "x"_a, "normalized_shape"_a, "weight"_a,
+        "mean"_a, "rstd"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none());
+#endif
 }
 
 }  // namespace fuseprop::bindings

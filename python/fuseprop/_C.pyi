@@ -177,6 +177,38 @@ def cuda_sgd_step(param: np.ndarray, grad: np.ndarray, momentum_buffer: Optional
 def cuda_adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_sq: np.ndarray, *, step: int,
                    lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
                    weight_decay: float = 0.0, decoupled_weight_decay: bool = False) -> None: ...
+# conv2d, pooling and normalisation twins: the CPU entries' arguments and results (given grads accumulate in
+# place, running statistics update in place); conv2d adds tf32 (its GEMMs on TF32 tensor cores)
+def cuda_conv2d_forward(x: np.ndarray, weight: np.ndarray, bias: Optional[np.ndarray] = None, stride: IntPair = (1, 1),
+                        padding: IntPair = (0, 0), dilation: IntPair = (1, 1), activation: str = "identity",
+                        negative_slope: float = 0.01, tf32: bool = False) -> Tuple[np.ndarray, np.ndarray]: ...  # (y, z)
+def cuda_conv2d_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray, z: Optional[np.ndarray],
+                         y: Optional[np.ndarray], stride: IntPair = (1, 1), padding: IntPair = (0, 0),
+                         dilation: IntPair = (1, 1), activation: str = "identity", negative_slope: float = 0.01,
+                         has_bias: bool = True, need_grad_x: bool = True, grad_weight: Optional[np.ndarray] = None,
+                         grad_bias: Optional[np.ndarray] = None, tf32: bool = False
+                         ) -> Tuple[Optional[np.ndarray], np.ndarray, Optional[np.ndarray]]: ...
+def cuda_max_pool2d_forward(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None,
+                            padding: IntPair = 0) -> Tuple[np.ndarray, np.ndarray]: ...  # (y, indices int64)
+def cuda_max_pool2d_backward(grad_y: np.ndarray, indices: np.ndarray, input_size: Tuple[int, int]) -> np.ndarray: ...
+def cuda_avg_pool2d_forward(x: np.ndarray, kernel_size: IntPair, stride: Optional[IntPair] = None, padding: IntPair = 0,
+                            count_include_pad: bool = True) -> np.ndarray: ...
+def cuda_avg_pool2d_backward(grad_y: np.ndarray, input_size: Tuple[int, int], kernel_size: IntPair,
+                             stride: Optional[IntPair] = None, padding: IntPair = 0,
+                             count_include_pad: bool = True) -> np.ndarray: ...
+def cuda_batch_norm_forward(x: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray],
+                            running_mean: Optional[np.ndarray], running_var: Optional[np.ndarray], training: bool,
+                            momentum: float = 0.1, eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def cuda_batch_norm_backward(grad_y: np.ndarray, x: np.ndarray, weight: Optional[np.ndarray], save_mean: np.ndarray,
+                             save_invstd: np.ndarray, training: bool, need_grad_x: bool = True,
+                             grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
+                             ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
+def cuda_layer_norm_forward(x: np.ndarray, normalized_shape: Sequence[int], weight: Optional[np.ndarray] = None,
+                            bias: Optional[np.ndarray] = None, eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+def cuda_layer_norm_backward(grad_y: np.ndarray, x: np.ndarray, normalized_shape: Sequence[int],
+                             weight: Optional[np.ndarray], mean: np.ndarray, rstd: np.ndarray, need_grad_x: bool = True,
+                             grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
+                             ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
 def cuda_fused_mlp_forward_backward(x: np.ndarray, labels: np.ndarray, weights: Sequence[np.ndarray],
                                     biases: Sequence[Optional[np.ndarray]], activations: Sequence[str],
                                     negative_slope: float = 0.01, label_smoothing: float = 0.0, reduction: str = "mean",

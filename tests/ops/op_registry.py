@@ -190,6 +190,9 @@ CONV_SHAPES = [(2, 3, 7, 9, 4, 3, 3, 1, 1, 1, 1, 1, 1), (3, 2, 9, 8, 5, 3, 2, 2,
                (2, 3, 11, 10, 4, 3, 3, 1, 2, 2, 1, 2, 2), (4, 5, 6, 6, 7, 1, 1, 1, 1, 0, 0, 1, 1),
                (1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1), (0, 3, 5, 5, 4, 3, 3, 1, 1, 1, 1, 1, 1),
                (19, 4, 8, 7, 6, 2, 3, 1, 1, 1, 1, 1, 1), (2, 2, 3, 4, 3, 5, 5, 1, 1, 2, 2, 1, 1)]
+# The CUDA twin's too: one with more than one 128x128 GEMM tile each way (O = 130), and one whose patch
+# matrix passes 2^23 elements, so each sample is its own chunk (cuda/ops/conv2d_cuda.h).
+CUDA_CONV_SHAPES = CONV_SHAPES + [(3, 8, 20, 20, 130, 3, 3, 1, 1, 1, 1, 1, 1), (2, 4, 300, 300, 3, 5, 5, 1, 1, 2, 2, 1, 1)]
 CONV_ACTS = [(act, slope, True) for act, slope in ACTS] + [("identity", 0.01, False), ("relu", 0.01, False),
                                                           ("gelu", 0.01, False)]
 
@@ -231,6 +234,25 @@ def conv_cases(act, slope, bias, module_name="functional"):
                  **window)
         return fresh + (dw, db)  # new gradients, then the accumulated ones
 
+    def cuda_fwd(tf, x, w, b, s):
+        return _C.cuda_conv2d_forward(x, w, b, activation=act, negative_slope=slope, tf32=tf, **conv_geometry(s)[0])
+
+    def cuda_bwd(tf, dy, x, w, z, y, dw, db, s):
+        window, _ = conv_geometry(s)
+        fresh = _C.cuda_conv2d_backward(dy, x, w, z, y, activation=act, negative_slope=slope, has_bias=bias, tf32=tf,
+                                        **window)
+        _C.cuda_conv2d_backward(dy, x, w, z, y, activation=act, negative_slope=slope, has_bias=bias, grad_weight=dw,
+                                grad_bias=db, tf32=tf, **window)
+        return fresh + (dw, db)
+
+    def tf32_fwd(args, s):
+        # the bound of tf32_atol with |x| convolved with |w| as |a| @ |b| (the GEMM's operands are w and im2col(x))
+        x, w, _, _ = args
+        window, _ = conv_geometry(s)
+        bound = reference.conv2d_forward(np.abs(x), np.abs(w), None, **window)[1]
+        atol = (2.0**-10 + s[1] * s[5] * s[6] * 2.0**-23) * float(np.max(bound, initial=0.0)) + 1e-6
+        return 1.2 * atol, atol  # (y, z), as linear's
+
     def k_bwd(s):
         n, c, h, w, o, kh, kw = s[:7]
         _, (_, _, ho, wo) = conv_geometry(s)
@@ -239,17 +261,21 @@ def conv_cases(act, slope, bias, module_name="functional"):
 
     tag = f"{act}_{slope}_{'bias' if bias else 'nobias'}" + ("" if module_name == "functional" else f"_{module_name}")
     covers = "conv2d_{}" if module_name == "functional" else "_C.conv2d_{}_reference"
+    twin = module_name == "functional"
     return [
         Op(f"conv2d_forward_{tag}", lambda rng, s: make_fwd(rng, s) + (s,), run_fwd, CONV_SHAPES,
-           k=lambda s: s[1] * s[5] * s[6], covers=covers.format("forward")),
+           k=lambda s: s[1] * s[5] * s[6], covers=covers.format("forward"), cuda=cuda_fwd if twin else None,
+           cuda_shapes=CUDA_CONV_SHAPES, tf32=tf32_fwd if twin else None),
         Op(f"conv2d_backward_{tag}", lambda rng, s: make_bwd(rng, s) + (s,), run_bwd, CONV_SHAPES, k=k_bwd,
-           covers=covers.format("backward")),
+           covers=covers.format("backward"), cuda=cuda_bwd if twin else None, cuda_shapes=CUDA_CONV_SHAPES),
     ]
 
 
 # (N, C, H, W, kh, kw, sh, sw, ph, pw); sh = 0: stride None (the kernel's)
 POOL_SHAPES = [(2, 3, 7, 9, 2, 2, 0, 0, 0, 0), (2, 3, 8, 7, 3, 2, 2, 1, 1, 1), (1, 2, 5, 5, 3, 3, 1, 1, 1, 1),
                (0, 3, 4, 4, 2, 2, 2, 2, 0, 0), (3, 2, 6, 5, 5, 4, 2, 3, 2, 2), (2, 1, 1, 1, 1, 1, 1, 1, 0, 0)]
+# the CUDA twins' too: more outputs than one block of threads, overlapping windows, more planes than a block
+CUDA_POOL_SHAPES = POOL_SHAPES + [(4, 3, 33, 29, 3, 3, 2, 2, 1, 1), (3, 100, 6, 6, 2, 2, 0, 0, 0, 0)]
 
 
 def pool_args(s):
@@ -272,18 +298,25 @@ def pool_cases():
 
     cases = [
         Op("max_pool2d_forward", lambda rng, s: (normal(rng, *s[:4]), s),
-           lambda mod, x, s: mod.max_pool2d_forward(x, *pool_args(s)), POOL_SHAPES, covers="max_pool2d_forward"),
+           lambda mod, x, s: mod.max_pool2d_forward(x, *pool_args(s)), POOL_SHAPES, covers="max_pool2d_forward",
+           cuda=lambda tf, x, s: _C.cuda_max_pool2d_forward(x, *pool_args(s)), cuda_shapes=CUDA_POOL_SHAPES),
         Op("max_pool2d_backward", make_max_bwd, lambda mod, dy, i, s: mod.max_pool2d_backward(dy, i, s[2:4]),
-           POOL_SHAPES, k=overlap, covers="max_pool2d_backward"),
+           POOL_SHAPES, k=overlap, covers="max_pool2d_backward",
+           cuda=lambda tf, dy, i, s: _C.cuda_max_pool2d_backward(dy, i, s[2:4]), cuda_shapes=CUDA_POOL_SHAPES),
     ]
     for cip in (True, False):
         cases += [
             Op(f"avg_pool2d_forward_{cip}", lambda rng, s: (normal(rng, *s[:4]), s),
                lambda mod, x, s, cip=cip: mod.avg_pool2d_forward(x, *pool_args(s), count_include_pad=cip), POOL_SHAPES,
-               k=lambda s: s[4] * s[5], covers="avg_pool2d_forward"),
+               k=lambda s: s[4] * s[5], covers="avg_pool2d_forward",
+               cuda=lambda tf, x, s, cip=cip: _C.cuda_avg_pool2d_forward(x, *pool_args(s), count_include_pad=cip),
+               cuda_shapes=CUDA_POOL_SHAPES),
             Op(f"avg_pool2d_backward_{cip}", make_avg_bwd,
                lambda mod, dy, s, cip=cip: mod.avg_pool2d_backward(dy, s[2:4], *pool_args(s), count_include_pad=cip),
-               POOL_SHAPES, k=overlap, covers="avg_pool2d_backward"),
+               POOL_SHAPES, k=overlap, covers="avg_pool2d_backward",
+               cuda=lambda tf, dy, s, cip=cip: _C.cuda_avg_pool2d_backward(dy, s[2:4], *pool_args(s),
+                                                                           count_include_pad=cip),
+               cuda_shapes=CUDA_POOL_SHAPES),
         ]
     return cases
 
@@ -365,6 +398,10 @@ def optimizer_cases():
 BATCH_NORM_SHAPES = [(2, 1), (7, 13), (64, 33), (1, 3, 2), (4, 3, 5, 6), (3, 5, 7), (2, 19, 1, 1), (0, 3), (2, 3, 0)]
 LAYER_NORM_SHAPES = {1: [(1, 1), (7, 13), (0, 5), (3, 0), (4, 1000), (2, 3, 5), (33, 10)],
                      2: [(1, 1), (7, 13), (2, 3, 5), (0, 3, 4), (5, 4, 33)]}
+# the CUDA twins' too: channels and rows longer than a block of threads, more channels than threads, and
+# (layer norm) more rows than one partition of the parameter gradients' sums (cuda/ops/norm_cuda.cu)
+CUDA_BATCH_NORM_SHAPES = BATCH_NORM_SHAPES + [(300, 4), (8, 5, 300), (3, 300, 2, 2)]
+CUDA_LAYER_NORM_SHAPES = {1: LAYER_NORM_SHAPES[1] + [(300, 700), (600, 3)], 2: LAYER_NORM_SHAPES[2] + [(3, 300, 7, 5)]}
 
 
 def norm_cases():
@@ -387,8 +424,12 @@ def norm_cases():
         def run(mod, x, w, b, rm, rv, training=training):
             # the running statistics, updated in place, are compared after the call
             return mod.batch_norm_forward(x, w, b, rm, rv, training, 0.1, 1e-5) + (rm, rv)
+
+        def run_cuda(tf, x, w, b, rm, rv, training=training):
+            return _C.cuda_batch_norm_forward(x, w, b, rm, rv, training, 0.1, 1e-5) + (rm, rv)
         cases.append(Op(f"batch_norm_forward_{tag}", lambda rng, s, a=affine, r=running: bn_make(rng, s, a, r), run,
-                        BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_forward"))
+                        BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_forward", cuda=run_cuda,
+                        cuda_shapes=CUDA_BATCH_NORM_SHAPES))
     for affine, training in itertools.product([True, False], [True, False]):
         def make_bwd(rng, s, affine=affine, training=training):
             x, w, _, rm, rv = bn_make(rng, s, affine, True)
@@ -402,8 +443,14 @@ def norm_cases():
             # given gradients (even without weight) are accumulated into; grad_x not wanted is None
             return fresh + mod.batch_norm_backward(dy, x, w, mean, invstd, training, need_grad_x=False,
                                                    grad_weight=dw, grad_bias=db)
+
+        def run_bwd_cuda(tf, dy, x, w, mean, invstd, dw, db, training=training):
+            fresh = _C.cuda_batch_norm_backward(dy, x, w, mean, invstd, training)
+            return fresh + _C.cuda_batch_norm_backward(dy, x, w, mean, invstd, training, need_grad_x=False,
+                                                       grad_weight=dw, grad_bias=db)
         cases.append(Op(f"batch_norm_backward_{'affine' if affine else 'plain'}_{'train' if training else 'eval'}",
-                        make_bwd, run_bwd, BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_backward"))
+                        make_bwd, run_bwd, BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_backward",
+                        cuda=run_bwd_cuda, cuda_shapes=CUDA_BATCH_NORM_SHAPES))
 
     for axes, (weight, bias) in itertools.product([1, 2], [(True, True), (False, False), (True, False)]):
         def normalized(x, axes=axes):
@@ -428,14 +475,26 @@ def norm_cases():
             fresh = mod.layer_norm_backward(dy, x, normalized(x), w, mean, rstd)
             return fresh + mod.layer_norm_backward(dy, x, normalized(x), w, mean, rstd, need_grad_x=False,
                                                    grad_weight=dw, grad_bias=db)
+
+        def normalized_dims(x, axes=axes):  # the _C entries take a sequence only
+            return x.shape[len(x.shape) - axes:]
+
+        def run_fwd_cuda(tf, x, w, b, normalized_dims=normalized_dims):
+            return _C.cuda_layer_norm_forward(x, normalized_dims(x), w, b, 1e-5)
+
+        def run_bwd_cuda(tf, dy, x, w, mean, rstd, dw, db, normalized_dims=normalized_dims):
+            fresh = _C.cuda_layer_norm_backward(dy, x, normalized_dims(x), w, mean, rstd)
+            return fresh + _C.cuda_layer_norm_backward(dy, x, normalized_dims(x), w, mean, rstd, need_grad_x=False,
+                                                       grad_weight=dw, grad_bias=db)
         tag = f"{axes}axes_{'weight' if weight else 'noweight'}_{'bias' if bias else 'nobias'}"
         cases += [
             Op(f"layer_norm_forward_{tag}", ln_make,
                lambda mod, x, w, b, normalized=normalized: mod.layer_norm_forward(x, normalized(x), w, b, 1e-5),
-               LAYER_NORM_SHAPES[axes], k=lambda s, lengths=lengths: lengths(s)[0], covers="layer_norm_forward"),
+               LAYER_NORM_SHAPES[axes], k=lambda s, lengths=lengths: lengths(s)[0], covers="layer_norm_forward",
+               cuda=run_fwd_cuda, cuda_shapes=CUDA_LAYER_NORM_SHAPES[axes]),
             Op(f"layer_norm_backward_{tag}", make_bwd, run_bwd, LAYER_NORM_SHAPES[axes],
                k=lambda s, lengths=lengths: (lengths(s)[0],) + (lengths(s)[1],) * 2 + (1,) + (lengths(s)[1],) * 2,
-               covers="layer_norm_backward"),
+               covers="layer_norm_backward", cuda=run_bwd_cuda, cuda_shapes=CUDA_LAYER_NORM_SHAPES[axes]),
         ]
     return cases
 

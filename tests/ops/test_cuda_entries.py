@@ -36,8 +36,30 @@ def valid_calls():
         ("cuda_cross_entropy_loss", _C.cuda_cross_entropy_loss, (z, labels, 0.1, "mean"), {}),
         ("cuda_sgd_step", _C.cuda_sgd_step, (p, p.copy(), p.copy()), dict(lr=0.1, momentum=0.9)),
         ("cuda_adam_step", _C.cuda_adam_step, (p, p.copy(), p.copy(), p.copy()), dict(step=1)),
+        *conv_pool_norm_calls(),
         ("cuda_matmul_time_ms", _C.cuda_matmul_time_ms, (64, 64, 64), {}),
     ] if cuda.is_compiled() else []
+
+
+def conv_pool_norm_calls():
+    """The conv2d, pooling and normalisation twins with valid float32 arguments (the first one a float array)."""
+    x, w, b = np.ones((2, 3, 6, 5), np.float32), np.ones((4, 3, 3, 3), np.float32), np.ones(4, np.float32)
+    y = np.ones((2, 4, 4, 3), np.float32)
+    pooled, indices = np.ones((2, 3, 3, 2), np.float32), np.zeros((2, 3, 3, 2), np.int64)
+    c, rows = np.ones(3, np.float32), np.ones((4, 5), np.float32)
+    m, d = np.zeros(4, np.float32), np.ones(5, np.float32)
+    return [
+        ("cuda_conv2d_forward", _C.cuda_conv2d_forward, (x, w, b), dict(activation="relu", tf32=True)),
+        ("cuda_conv2d_backward", _C.cuda_conv2d_backward, (y, x, w, y, y), dict(activation="relu")),
+        ("cuda_max_pool2d_forward", _C.cuda_max_pool2d_forward, (x, 2), {}),
+        ("cuda_max_pool2d_backward", _C.cuda_max_pool2d_backward, (pooled, indices, (6, 5)), {}),
+        ("cuda_avg_pool2d_forward", _C.cuda_avg_pool2d_forward, (x, 3, 2, 1), dict(count_include_pad=False)),
+        ("cuda_avg_pool2d_backward", _C.cuda_avg_pool2d_backward, (pooled, (6, 5), 2), {}),
+        ("cuda_batch_norm_forward", _C.cuda_batch_norm_forward, (x, c, c, c.copy(), c.copy(), True), {}),
+        ("cuda_batch_norm_backward", _C.cuda_batch_norm_backward, (x, x, c, c, c, True), {}),
+        ("cuda_layer_norm_forward", _C.cuda_layer_norm_forward, (rows, (5,), d, d), {}),
+        ("cuda_layer_norm_backward", _C.cuda_layer_norm_backward, (rows, rows, (5,), d, m, m), {}),
+    ]
 
 
 @needs_backend_without_gpu
@@ -93,3 +115,41 @@ def test_bad_shapes_and_values_are_value_errors():
         _C.cuda_adam_step(f, f, f.copy(), f.copy(), step=1)
     with pytest.raises(ValueError, match="must be >= 1"):
         _C.cuda_matmul_time_ms(0, 64, 64)
+
+
+@needs_backend_without_gpu
+def test_conv_pool_norm_checks_come_before_the_device():
+    x, w = np.ones((2, 3, 6, 5), np.float32), np.ones((4, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"weight must have shape \(out_channels, 3, kh, kw\)"):
+        _C.cuda_conv2d_forward(x, np.ones((4, 2, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="is larger than the padded input"):
+        _C.cuda_conv2d_forward(x, np.ones((4, 3, 7, 3), np.float32))
+    with pytest.raises(TypeError, match="weight must have the same dtype as x"):
+        _C.cuda_conv2d_forward(x, w.astype(np.float64))
+    with pytest.raises(ValueError, match="grad_bias was given but has_bias is False"):
+        _C.cuda_conv2d_backward(np.ones((2, 4, 4, 3), np.float32), x, w, None, None, has_bias=False,
+                                grad_bias=np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=r"grad_y must have shape \(2, 4, 4, 3\)"):
+        _C.cuda_conv2d_backward(np.ones((2, 4, 4, 4), np.float32), x, w, None, None)
+    with pytest.raises(ValueError, match="padding must be at most half of kernel_size"):
+        _C.cuda_max_pool2d_forward(x, 2, 1, 2)
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 30\)"):
+        _C.cuda_max_pool2d_backward(np.ones((2, 3, 3, 2), np.float32), np.full((2, 3, 3, 2), 30, np.int64), (6, 5))
+    with pytest.raises(TypeError, match="indices must have dtype int64"):
+        _C.cuda_max_pool2d_backward(np.ones((2, 3, 3, 2), np.float32), np.zeros((2, 3, 3, 2), np.int32), (6, 5))
+    with pytest.raises(ValueError, match=r"grad_y must have shape \(2, 3, 3, 2\)"):
+        _C.cuda_avg_pool2d_backward(np.ones((2, 3, 3, 3), np.float32), (6, 5), 2)
+    c = np.ones(3, np.float32)
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel when training"):
+        _C.cuda_batch_norm_forward(np.ones((1, 3), np.float32), c, c, None, None, True)
+    with pytest.raises(ValueError, match="running_mean and running_var are required"):
+        _C.cuda_batch_norm_forward(x, c, c, None, None, False)
+    with pytest.raises(ValueError, match="must not share memory"):
+        _C.cuda_batch_norm_backward(x, x, c, c, c, True, grad_weight=c)
+    rows = np.ones((4, 5), np.float32)
+    with pytest.raises(ValueError, match="to be normalised over normalized_shape"):
+        _C.cuda_layer_norm_forward(rows, (4,))
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        _C.cuda_layer_norm_forward(rows, (5,), eps=0.0)
+    with pytest.raises(ValueError, match=r"mean must have shape \(4,\)"):
+        _C.cuda_layer_norm_backward(rows, rows, (5,), None, np.zeros(3, np.float32), np.zeros(4, np.float32))

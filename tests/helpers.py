@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pytest
 
 import fuseprop
 from fuseprop import losses, nn, optim
@@ -261,3 +262,64 @@ def small_mlp(dtype=np.float32):
     """3 -> 4 -> 2 with a ReLU, seeded: the model the bad-input tests refuse things to."""
     fuseprop.manual_seed(0)
     return relu_mlp(3, 4, 2, dtype=dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad arrays: every float array argument of an op in every wrong form (test_bad_input_{ops,conv,norm}.py)
+
+# form -> (transform, exception, message after "<name> ", applies to the dtype-defining argument, needs 2-D)
+BAD_FORMS = {
+    "list": (lambda a: a.tolist(), TypeError, r"must be a numpy\.ndarray, got list", True, False),
+    "int64": (lambda a: a.astype(np.int64), TypeError,
+              r"must have dtype float32 or float64 \(native byte order\), got int64", True, False),
+    "float16": (lambda a: a.astype(np.float16), TypeError, r"must .*float32.*got float16", True, False),
+    "complex64": (lambda a: a.astype(np.complex64), TypeError, r"must .*float32.*got complex64", True, False),
+    "object": (lambda a: a.astype(object), TypeError, r"must .*float32.*got object", True, False),
+    "big_endian_f4": (lambda a: a.astype(">f4"), TypeError, r"must .*float32.*got >f4", True, False),
+    "mixed_float64": (lambda a: a.astype(np.float64), TypeError,
+                      r"must have the same dtype as \w+ \(float32\), got float64", False, False),
+    "strided": (strided, ValueError, r"must be C-contiguous \(row-major, unit stride\)", True, False),
+    "transposed": (transposed, ValueError, r"must be C-contiguous", True, True),
+    "negative_stride": (negative_stride, ValueError, r"must be C-contiguous", True, False),
+    "unaligned": (unaligned, ValueError, r"must be aligned to its dtype; got an unaligned buffer", True, False),
+}
+
+
+def bad_form_cases(ops, call, forms=tuple(BAD_FORMS)):
+    """pytest params (op, name, form): each float array argument of each op (the dtype-defining one, the
+    first, only in the forms that apply to it), in each of forms. call(op) -> (fn, good arguments)."""
+    for op in ops:
+        _, good = call(op)
+        names = [k for k, v in good.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
+        for i, name in enumerate(names):
+            for form in forms:
+                first_ok, needs_2d = BAD_FORMS[form][3:]
+                if (i == 0 and not first_ok) or (needs_2d and good[name].ndim != 2):
+                    continue
+                yield pytest.param(op, name, form, id=f"{op}-{name}-{form}")
+
+
+def array_snapshot(args):
+    """Copies of the arrays among a call's arguments, for assert_arrays_unchanged after a refused call."""
+    return {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
+
+
+def assert_arrays_unchanged(args, snap):
+    for k, before in snap.items():
+        np.testing.assert_array_equal(args[k], before, err_msg=f"{k} was modified by a call that raised")
+
+
+def assert_refused_writing_nothing(fn, args, exc, message):
+    """fn(**args) raises exc matching message, and no array in args changed."""
+    snap = array_snapshot(args)
+    with pytest.raises(exc, match=message):
+        fn(**args)
+    assert_arrays_unchanged(args, snap)
+
+
+def check_bad_form(call, op, name, form):
+    """The op refuses its argument name in the bad form, with the form's message, and writes nothing."""
+    transform, exc, message = BAD_FORMS[form][:3]
+    fn, args = call(op)
+    args[name] = transform(args[name])
+    assert_refused_writing_nothing(fn, args, exc, rf"^{name} {message}")

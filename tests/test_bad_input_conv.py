@@ -11,16 +11,7 @@ import pytest
 
 from fuseprop import functional as F
 
-from helpers import negative_stride, randn, strided, unaligned
-
-
-def _snapshot(args):
-    return {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
-
-
-def _assert_unchanged(args, snap):
-    for k, before in snap.items():
-        np.testing.assert_array_equal(args[k], before, err_msg=f"{k} was modified by a call that raised")
+from helpers import array_snapshot, assert_arrays_unchanged, bad_form_cases, check_bad_form, randn, strided
 
 
 # Good float32 arguments for each op, arrays first in the order the op checks them (the first sets the dtype):
@@ -52,47 +43,18 @@ def _call(op, **override):
     return fn, args
 
 
-# (transform, exception, message after "<name> ", applies to the dtype-defining argument)
-_BAD_FORMS = {
-    "list": (lambda a: a.tolist(), TypeError, r"must be a numpy\.ndarray, got list", True),
-    "int64": (lambda a: a.astype(np.int64), TypeError,
-              r"must have dtype float32 or float64 \(native byte order\), got int64", True),
-    "float16": (lambda a: a.astype(np.float16), TypeError, r"must .*float32.*got float16", True),
-    "big_endian_f4": (lambda a: a.astype(">f4"), TypeError, r"must .*float32.*got >f4", True),
-    "mixed_float64": (lambda a: a.astype(np.float64), TypeError,
-                      r"must have the same dtype as \w+ \(float32\), got float64", False),
-    "strided": (strided, ValueError, r"must be C-contiguous \(row-major, unit stride\)", True),
-    "negative_stride": (negative_stride, ValueError, r"must be C-contiguous", True),
-    "unaligned": (unaligned, ValueError, r"must be aligned to its dtype; got an unaligned buffer", True),
-}
-
-
-def _bad_form_cases():
-    for op in _OPS:
-        _, good = _call(op)
-        names = [k for k, v in good.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
-        for i, name in enumerate(names):
-            for form, (_, _, _, first_ok) in _BAD_FORMS.items():
-                if i == 0 and not first_ok:
-                    continue
-                yield pytest.param(op, name, form, id=f"{op}-{name}-{form}")
-
-
 @pytest.mark.parametrize("op", list(_OPS))
 def test_good_arguments_are_accepted(op):
     fn, args = _call(op)
     fn(**args)
 
 
-@pytest.mark.parametrize("op, name, form", list(_bad_form_cases()))
+_FORMS = ("list", "int64", "float16", "big_endian_f4", "mixed_float64", "strided", "negative_stride", "unaligned")
+
+
+@pytest.mark.parametrize("op, name, form", list(bad_form_cases(_OPS, _call, _FORMS)))
 def test_rejects_bad_array_and_writes_nothing(op, name, form):
-    transform, exc, message, _ = _BAD_FORMS[form]
-    fn, args = _call(op)
-    args[name] = transform(args[name])
-    snap = _snapshot(args)
-    with pytest.raises(exc, match=rf"^{name} {message}"):
-        fn(**args)
-    _assert_unchanged(args, snap)
+    check_bad_form(_call, op, name, form)
 
 
 @pytest.mark.parametrize("op, name, shape", [
@@ -141,10 +103,10 @@ def test_rejects_wrong_ndim(op, name, shape):
 def test_rejects_mismatched_shape_and_writes_nothing(op, name, shape, message):
     fn, args = _call(op)
     args[name] = np.ones(shape, np.float32)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=message):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,20 +257,20 @@ def test_read_only_grad_weight_is_an_error_and_unchanged():
     grad_weight = randn(r, 4, 3, 3, 3)
     grad_weight.flags.writeable = False
     fn, args = _call("conv2d_backward", grad_weight=grad_weight)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"^grad_weight is written in place, so it must be writeable; got a read-only array$"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 def test_read_only_grad_bias_is_an_error_and_unchanged():
     grad_bias = np.ones(4, np.float32)
     grad_bias.flags.writeable = False
     fn, args = _call("conv2d_backward", grad_bias=grad_bias)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"^grad_bias is written in place, so it must be writeable"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 @pytest.mark.parametrize("target, source", [("grad_weight", "weight"), ("grad_bias", "weight"), ("grad_weight", "x"),
@@ -317,10 +279,10 @@ def test_gradient_sharing_memory_with_an_input_is_an_error(target, source):
     fn, args = _call("conv2d_backward")
     shared = args[source].reshape(-1)[:args[target].size].reshape(args[target].shape)
     args[target] = shared
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=rf"^{target} is written in place and must not share memory with {source}$"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 def test_grad_bias_without_a_bias_is_an_error():

@@ -12,7 +12,7 @@ import pytest
 
 from fuseprop import functional as F
 
-from helpers import negative_stride, randn, strided, transposed, unaligned
+from helpers import assert_refused_writing_nothing, bad_form_cases, check_bad_form, randn
 
 # Good float32 arguments of each op, arrays in the order the op checks them (the first sets the dtype).
 _OPS = {
@@ -40,11 +40,7 @@ def _call(op, **override):
 def _refused(op, exc, message, **override):
     """Calls op with override, expects exc matching message, and checks no array changed."""
     fn, args = _call(op, **override)
-    snap = {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
-    with pytest.raises(exc, match=message):
-        fn(**args)
-    for k, before in snap.items():
-        np.testing.assert_array_equal(args[k], before, err_msg=f"{k} was modified by a call that raised")
+    assert_refused_writing_nothing(fn, args, exc, message)
 
 
 @pytest.mark.parametrize("op", list(_OPS))
@@ -56,37 +52,13 @@ def test_good_arguments_are_accepted(op):
 # ---------------------------------------------------------------------------------------------
 # every float array argument in every wrong form
 
-# (transform, exception, message after "<name> ", applies to the dtype-defining argument)
-_BAD_FORMS = {
-    "list": (lambda a: a.tolist(), TypeError, r"must be a numpy\.ndarray, got list", True),
-    "int64": (lambda a: a.astype(np.int64), TypeError, r"must .*float32.*got int64", True),
-    "float16": (lambda a: a.astype(np.float16), TypeError, r"must .*float32.*got float16", True),
-    "big_endian_f4": (lambda a: a.astype(">f4"), TypeError, r"must .*float32.*got >f4", True),
-    "mixed_float64": (lambda a: a.astype(np.float64), TypeError,
-                      r"must have the same dtype as \w+ \(float32\), got float64", False),
-    "strided": (strided, ValueError, r"must be C-contiguous", True),
-    "transposed": (transposed, ValueError, r"must be C-contiguous", True),
-    "negative_stride": (negative_stride, ValueError, r"must be C-contiguous", True),
-    "unaligned": (unaligned, ValueError, r"must be aligned", True),
-}
+_FORMS = ("list", "int64", "float16", "big_endian_f4", "mixed_float64", "strided", "transposed", "negative_stride",
+          "unaligned")
 
 
-def _bad_form_cases():
-    for op in _OPS:
-        _, good = _call(op)
-        names = [k for k, v in good.items() if isinstance(v, np.ndarray)]
-        for i, name in enumerate(names):
-            for form, (_, _, _, first_ok) in _BAD_FORMS.items():
-                if (i == 0 and not first_ok) or (form == "transposed" and good[name].ndim != 2):
-                    continue
-                yield pytest.param(op, name, form, id=f"{op}-{name}-{form}")
-
-
-@pytest.mark.parametrize("op, name, form", list(_bad_form_cases()))
+@pytest.mark.parametrize("op, name, form", list(bad_form_cases(_OPS, _call, _FORMS)))
 def test_bad_array_is_refused_and_nothing_is_written(op, name, form):
-    transform, exc, message, _ = _BAD_FORMS[form]
-    _, good = _call(op)
-    _refused(op, exc, rf"^{name} {message}", **{name: transform(good[name])})
+    check_bad_form(_call, op, name, form)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,16 +15,7 @@ import pytest
 from fuseprop import functional as F
 from fuseprop import reference
 
-from helpers import negative_stride, randn, strided, transposed, unaligned
-
-
-def _snapshot(args):
-    return {k: v.copy() for k, v in args.items() if isinstance(v, np.ndarray)}
-
-
-def _assert_unchanged(args, snap):
-    for k, before in snap.items():
-        np.testing.assert_array_equal(args[k], before, err_msg=f"{k} was modified by a call that raised")
+from helpers import array_snapshot, assert_arrays_unchanged, bad_form_cases, check_bad_form, randn
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,40 +60,6 @@ def _call(op, **override):
     return fn, args
 
 
-def _float_args(op):
-    """Names of the float array arguments of op, the dtype-defining one first."""
-    _, args = _call(op)
-    return [k for k, v in args.items() if isinstance(v, np.ndarray) and v.dtype.kind == "f"]
-
-
-# (transform, exception, message after "<name> ", applies to the dtype-defining argument, needs 2-D)
-_BAD_FORMS = {
-    "list": (lambda a: a.tolist(), TypeError, r"must be a numpy\.ndarray, got list", True, False),
-    "int64": (lambda a: a.astype(np.int64), TypeError, r"must .*float32.*got int64", True, False),
-    "float16": (lambda a: a.astype(np.float16), TypeError, r"must .*float32.*got float16", True, False),
-    "complex64": (lambda a: a.astype(np.complex64), TypeError, r"must .*float32.*got complex64", True, False),
-    "object": (lambda a: a.astype(object), TypeError, r"must .*float32.*got object", True, False),
-    "big_endian_f4": (lambda a: a.astype(">f4"), TypeError, r"must .*float32.*got >f4", True, False),
-    "mixed_float64": (lambda a: a.astype(np.float64), TypeError,
-                      r"must have the same dtype as \w+ \(float32\), got float64", False, False),
-    "strided": (strided, ValueError, r"must be C-contiguous", True, False),
-    "transposed": (transposed, ValueError, r"must be C-contiguous", True, True),
-    "negative_stride": (negative_stride, ValueError, r"must be C-contiguous", True, False),
-    "unaligned": (unaligned, ValueError, r"must be aligned", True, False),
-}
-
-
-def _bad_form_cases():
-    for op in _OPS:
-        names = _float_args(op)
-        _, good = _call(op)
-        for i, name in enumerate(names):
-            for form, (_, _, _, first_ok, needs_2d) in _BAD_FORMS.items():
-                if (i == 0 and not first_ok) or (needs_2d and good[name].ndim != 2):
-                    continue
-                yield pytest.param(op, name, form, id=f"{op}-{name}-{form}")
-
-
 @pytest.mark.parametrize("op", list(_OPS))
 def test_good_arguments_are_accepted(op):
     # The baseline every bad-form case starts from: each failure below is caused by the one bad argument.
@@ -110,15 +67,9 @@ def test_good_arguments_are_accepted(op):
     fn(**args)
 
 
-@pytest.mark.parametrize("op, name, form", list(_bad_form_cases()))
+@pytest.mark.parametrize("op, name, form", list(bad_form_cases(_OPS, _call)))
 def test_functional_rejects_bad_array_and_writes_nothing(op, name, form):
-    transform, exc, message, _, _ = _BAD_FORMS[form]
-    fn, args = _call(op)
-    args[name] = transform(args[name])
-    snap = _snapshot(args)
-    with pytest.raises(exc, match=rf"^{name} {message}"):
-        fn(**args)
-    _assert_unchanged(args, snap)
+    check_bad_form(_call, op, name, form)
 
 
 def test_big_endian_float32_is_not_converted_silently():
@@ -195,10 +146,10 @@ def test_matmul_inner_dimensions_follow_the_transpose_flags():
 def test_functional_rejects_mismatched_shape_and_writes_nothing(op, name, shape, message):
     fn, args = _call(op)
     args[name] = np.ones(shape, np.float32)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=message):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,20 +345,20 @@ def test_matmul_non_finite_scalars_are_errors(name):
 def test_linear_backward_read_only_grad_weight_is_an_error_and_unchanged():
     fn, args = _call("linear_backward")
     args["grad_weight"].flags.writeable = False
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"^grad_weight is written in place, so it must be writeable"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 def test_linear_backward_read_only_grad_bias_leaves_grad_weight_unchanged():
     # grad_weight passes every check; grad_bias fails: nothing at all is written.
     fn, args = _call("linear_backward")
     args["grad_bias"].flags.writeable = False
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"^grad_bias is written in place, so it must be writeable"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 @pytest.mark.parametrize("other", ["x", "weight", "grad_y", "z"])
@@ -423,18 +374,18 @@ def test_linear_backward_grad_weight_sharing_an_input_is_an_error(other):
         big = np.zeros(6, np.float32)
         args[other] = big[:4].reshape(2, 2)
         args["grad_weight"] = big.reshape(2, 3)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=rf"^grad_weight is written in place and must not share memory with {other}"):
         F.linear_backward(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 def test_linear_backward_grad_bias_without_bias_is_an_error():
     fn, args = _call("linear_backward")
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"^grad_bias was given but has_bias is False"):
         fn(**args, has_bias=False)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,28 +404,28 @@ def test_adam_step_float64_param_with_float32_state_is_an_error_and_nothing_chan
     fn, args = _call("adam_step")
     args["param"] = args["param"].astype(np.float64)
     args["grad"] = args["grad"].astype(np.float64)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(TypeError, match=r"^exp_avg must have the same dtype as param \(float64\), got float32"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 def test_sgd_step_momentum_without_buffer_is_an_error():
     fn, args = _call("sgd_step", momentum_buffer=None)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"^momentum_buffer is required when momentum != 0"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 @pytest.mark.parametrize("op", ["sgd_step", "adam_step"])
 @pytest.mark.parametrize("step", [0, -1])
 def test_optimizer_step_count_below_one_is_an_error(op, step):
     fn, args = _call(op, step=step)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=rf"^step must be >= 1 \(it counts this update\), got {step}"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 @pytest.mark.parametrize("op, name, value, message", [
@@ -496,19 +447,19 @@ def test_optimizer_step_count_below_one_is_an_error(op, step):
 ])
 def test_optimizer_step_invalid_hyper_parameter_is_an_error(op, name, value, message):
     fn, args = _call(op, **{name: value})
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=message):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 @pytest.mark.parametrize("momentum, dampening", [(0.9, 0.1), (0.0, 0.0)], ids=["with-dampening", "without-momentum"])
 def test_sgd_step_nesterov_needs_momentum_and_no_dampening(momentum, dampening):
     fn, args = _call("sgd_step", momentum=momentum, dampening=dampening, nesterov=True)
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"^nesterov momentum requires momentum > 0 and dampening == 0"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 @pytest.mark.parametrize("op, name", [("sgd_step", "param"), ("sgd_step", "momentum_buffer"), ("adam_step", "param"),
@@ -516,10 +467,10 @@ def test_sgd_step_nesterov_needs_momentum_and_no_dampening(momentum, dampening):
 def test_optimizer_step_read_only_state_is_an_error(op, name):
     fn, args = _call(op)
     args[name].flags.writeable = False
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=rf"^{name} is written in place, so it must be writeable"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 @pytest.mark.parametrize("op, out, alias", [
@@ -533,10 +484,10 @@ def test_optimizer_step_read_only_state_is_an_error(op, name):
 def test_optimizer_step_overlapping_arrays_are_an_error(op, out, alias):
     fn, args = _call(op)
     args[out] = args[alias]
-    snap = _snapshot(args)
+    snap = array_snapshot(args)
     with pytest.raises(ValueError, match=r"is written in place and must not share memory with"):
         fn(**args)
-    _assert_unchanged(args, snap)
+    assert_arrays_unchanged(args, snap)
 
 
 # ---------------------------------------------------------------------------------------------

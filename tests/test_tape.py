@@ -165,3 +165,36 @@ def test_fit_on_the_per_layer_path_raises_when_the_update_overflows(kwargs):
     model, lf = make(), losses.CrossEntropyLoss()  # the message train_step gives for the same step
     with pytest.raises(FloatingPointError, match="the optimizer update made .* non-finite"):
         model.train_step(x[:8], y[:8], lf, optim.SGD(model.parameters(), lr=1e36))
+
+
+# Every layer keeps what its backward needs through Module._keep / _kept: an inference forward in between
+# leaves it alone. Softmax and LogSoftmax kept their output without the tape, so a predict between the
+# forward and the backward changed the gradients silently.
+LAYERED = {
+    "softmax": lambda: nn.Sequential(nn.Linear(6, 4), nn.Softmax()),
+    "log_softmax": lambda: nn.Sequential(nn.Linear(6, 4), nn.LogSoftmax()),
+    "cnn": lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.AvgPool2d(1), nn.Flatten(), nn.LayerNorm(8), nn.Linear(8, 4)),
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERED))
+def test_a_predict_between_forward_and_backward_changes_no_layers_gradient(name):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(5, 6) if name != "cnn" else (5, 1, 4, 4)).astype(np.float32)
+    other = rng.normal(size=x.shape).astype(np.float32)
+    g = rng.normal(size=(5, 4)).astype(np.float32)
+
+    def grads_with(between):
+        fuseprop.manual_seed(0)
+        model = LAYERED[name]()
+        model.zero_grad()
+        model(x)
+        between(model)
+        model.backward(g)
+        return grads(model)
+
+    clean = grads_with(lambda m: None)
+    after_predict = grads_with(lambda m: m.predict(other))
+    for k in clean:
+        np.testing.assert_array_equal(after_predict[k], clean[k], err_msg=k)

@@ -7,7 +7,6 @@ import math
 
 from .. import functional as F
 from .._arrays import as_input, float_input
-from .._tape import check_tape, record_forward
 from ..engine.protocol import NativeLayer
 from .module import Module
 
@@ -36,14 +35,10 @@ class _Activation(Module):
     def forward(self, x):
         x = float_input(x, "x")
         y = F.activation_forward(x, self.activation, self.negative_slope)
-        number = record_forward(self, y)
-        if number is not None:
-            self._saved, self._saved_number = (x, y), number
-        return y
+        return self._keep(y, (x, y))
 
     def backward(self, grad_out):
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        x, y = self._saved
+        x, y = self._kept(grad_out)
         grad_out = as_input(grad_out, x.dtype, "grad_out")
         if grad_out.shape != x.shape:
             raise ValueError(f"grad_out must have shape {x.shape}, got {grad_out.shape}")
@@ -110,13 +105,10 @@ class _RowSoftmax(Module):
     def forward(self, x):
         x = float_input(x, "x", ndim=2)
         y = type(self)._forward(x)
-        self._saved = y
-        return y
+        return self._keep(y, y)  # its backward needs the output (under no_grad nothing is kept)
 
     def backward(self, grad_out):
-        if self._saved is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
-        y = self._saved
+        y = self._kept(grad_out)  # no parameters: the tape stays for further backwards
         grad_out = as_input(grad_out, y.dtype, "grad_out", ndim=2)
         if grad_out.shape != y.shape:
             raise ValueError(f"grad_out must have shape {y.shape}, got {grad_out.shape}")

@@ -9,7 +9,6 @@ from .. import functional as F
 from .. import init
 from .. import _random
 from .._arrays import Parameter, as_input, float_dtype
-from .._tape import CONSUMED, check_tape, record_forward
 from ..engine.protocol import NativeLayer
 from .module import Module, cpu_only
 
@@ -88,10 +87,7 @@ class Conv2d(Module):
 
     def forward(self, x):
         x, y, _ = self._conv(x)
-        number = record_forward(self, y)
-        if number is not None:
-            self._saved, self._saved_number = x, number
-        return y
+        return self._keep(y, x)
 
     def _forward_epilogue(self, x, act):
         """forward with the activation act applied in the GEMM's epilogue (Sequential runs Conv2d + activation
@@ -120,11 +116,10 @@ class Conv2d(Module):
 
     def _backward(self, grad_out, need_input_grad: bool = True, done=None):
         cpu_only(self, "backward")
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        x = self._saved
+        x = self._kept(grad_out)
         identity = {"activation": "identity", "negative_slope": 0.01}
         grad_x = self._conv_backward(grad_out, x, None, None, identity, need_input_grad)
-        self._saved = CONSUMED  # after the checks: a refused grad_out leaves the tape for a corrected call
+        self._spend()  # after the checks: a refused grad_out leaves the tape for a corrected call
         if done is not None:
             done(self)
         return grad_x

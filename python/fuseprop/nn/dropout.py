@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from .. import _random
 from .._arrays import float_input
-from .._tape import check_tape, record_forward
 from .module import Module
 
 __all__ = ["Dropout"]
@@ -31,14 +30,10 @@ class Dropout(Module):
             mask = _random.resolve(self._generator).random(x.shape, dtype=x.dtype) >= self.p
             mask = mask.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
         y = x if mask is None else x * mask
-        number = record_forward(self, y)
-        if number is not None:
-            self._saved, self._saved_number = (mask,), number
-        return y
+        return self._keep(y, (mask,))
 
     def backward(self, grad_out):
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        mask, = self._saved
+        mask, = self._kept(grad_out)
         grad_out = float_input(grad_out, "grad_out")
         if mask is not None and grad_out.shape != mask.shape:
             raise ValueError(f"grad_out must have shape {mask.shape}, got {grad_out.shape}")

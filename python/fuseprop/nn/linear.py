@@ -9,7 +9,6 @@ from .. import functional as F
 from .. import init
 from .. import _random
 from .._arrays import Parameter, as_input, float_dtype
-from .._tape import CONSUMED, check_tape, record_forward
 from ..engine.protocol import NativeLayer
 from .cuda_inference import cuda_forward
 from .module import Module, cpu_only
@@ -74,10 +73,7 @@ class Linear(Module):
             return cuda_forward(self, [self], x)
         x = as_input(x, self.weight.dtype, "x", ndim=2, features=self.in_features)
         y, _ = F.linear_forward(x, self.weight.data, self.bias.data if self.bias is not None else None)
-        number = record_forward(self, y)
-        if number is not None:
-            self._saved, self._saved_number = x, number
-        return y
+        return self._keep(y, x)
 
     def _forward_epilogue(self, x, act):
         """forward with the activation act ({activation, negative_slope}) applied in the GEMM's epilogue, as
@@ -104,12 +100,11 @@ class Linear(Module):
 
     def _backward(self, grad_out, need_input_grad: bool = True, done=None):
         cpu_only(self, "backward")
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        x = self._saved
+        x = self._kept(grad_out)
         grad_out = as_input(grad_out, self.weight.dtype, "grad_out", ndim=2, features=self.out_features)
         if grad_out.shape[0] != x.shape[0]:
             raise ValueError(f"grad_out must have shape {(x.shape[0], self.out_features)}, got {grad_out.shape}")
-        self._saved = CONSUMED
+        self._spend()
         grad_x, _, _ = F.linear_backward(grad_out, x, self.weight.data, None, None, "identity",
                                          has_bias=self.bias is not None, need_grad_x=need_input_grad,
                                          grad_weight=self.weight.grad,

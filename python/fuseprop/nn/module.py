@@ -19,6 +19,7 @@ import numpy as np
 from .. import cuda
 from .. import training as _training
 from .._arrays import Parameter, generation, touch
+from .._tape import CONSUMED, check_tape, record_forward
 from ..engine.step import per_layer_step
 
 __all__ = ["Module"]
@@ -77,6 +78,24 @@ class Module:
     def native_layer(self):
         """This layer as a native plan runs it (a fuseprop.engine.NativeLayer), or None: it has no native form."""
         return None
+
+    # -- the tape (fuseprop._tape): what a layer's forward keeps for its backward
+    def _keep(self, y, saved):
+        """Numbers this forward of output y and, unless recording is off (no_grad), keeps saved for the
+        backward; returns y."""
+        number = record_forward(self, y)
+        if number is not None:
+            self._saved, self._saved_number = saved, number
+        return y
+
+    def _kept(self, grad_out):
+        """What the forward kept, once check_tape allows a backward with grad_out."""
+        check_tape(self, self.__dict__.get("_saved"), self.__dict__.get("_saved_number"), grad_out)
+        return self._saved
+
+    def _spend(self):
+        """This backward added parameter gradients: a second one for the same forward would add them again."""
+        self._saved = CONSUMED
 
     # -- the step: one native call where a plan takes it (Sequential), else layer by layer
     train_plan = None  # the native plan train_step runs (Sequential), or None

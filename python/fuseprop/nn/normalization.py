@@ -7,7 +7,6 @@ import numpy as np
 
 from .. import functional as F
 from .._arrays import Parameter, as_input, float_dtype
-from .._tape import CONSUMED, check_tape, record_forward
 from .module import Module, cpu_only
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm"]
@@ -29,20 +28,13 @@ class _Normalization(Module):
     """What the normalisation layers share: the tape (what backward needs from the forward) is used once
     when the layer has parameters, as Linear's."""
 
-    def _keep(self, y, saved):
-        number = record_forward(self, y)
-        if number is not None:
-            self._saved, self._saved_number = saved, number
-        return y
-
     def _take(self, grad_out):
         cpu_only(self, "backward")
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        return self._saved
+        return self._kept(grad_out)
 
     def _used(self, done):
         if self._parameters:  # its gradients were added: a second backward would add them again
-            self._saved = CONSUMED
+            self._spend()
         if done is not None:
             done(self)
 

@@ -5,7 +5,6 @@ import math
 
 from .. import functional as F
 from .._arrays import as_input, float_input
-from .._tape import check_tape, record_forward
 from .conv import output_size, pair
 from .module import Module, cpu_only
 
@@ -39,12 +38,6 @@ class _Pool2d(Module):
                              f"fit an input of size {x.shape[2:]} (x of shape {x.shape})")
         return x, out
 
-    def _keep(self, y, saved):
-        number = record_forward(self, y)
-        if number is not None:
-            self._saved, self._saved_number = saved, number
-        return y
-
     def _grad_out(self, grad_out, shape, dtype):
         grad_out = as_input(grad_out, dtype, "grad_out", ndim=4)
         if grad_out.shape != shape:
@@ -71,8 +64,7 @@ class MaxPool2d(_Pool2d):
         return self._keep(y, (indices, x.shape[2:], x.dtype))
 
     def backward(self, grad_out):
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        indices, size, dtype = self._saved
+        indices, size, dtype = self._kept(grad_out)
         grad_out = self._grad_out(grad_out, indices.shape, dtype)
         return F.max_pool2d_backward(grad_out, indices, size)  # no parameters: the tape stays
 
@@ -94,8 +86,7 @@ class AvgPool2d(_Pool2d):
         return self._keep(y, (y.shape, x.shape[2:], x.dtype))
 
     def backward(self, grad_out):
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        shape, size, dtype = self._saved
+        shape, size, dtype = self._kept(grad_out)
         grad_out = self._grad_out(grad_out, shape, dtype)
         return F.avg_pool2d_backward(grad_out, size, self.kernel_size, self.stride, self.padding,
                                      self.count_include_pad)
@@ -124,14 +115,10 @@ class Flatten(Module):
         x = float_input(x, "x")
         lo, hi = self._span(x.ndim)
         y = x.reshape(*x.shape[:lo], math.prod(x.shape[lo:hi + 1]), *x.shape[hi + 1:])
-        number = record_forward(self, y)
-        if number is not None:
-            self._saved, self._saved_number = x.shape, number
-        return y
+        return self._keep(y, x.shape)
 
     def backward(self, grad_out):
-        check_tape(self, self._saved, self.__dict__.get("_saved_number"), grad_out)
-        shape = self._saved
+        shape = self._kept(grad_out)
         grad_out = float_input(grad_out, "grad_out")
         if grad_out.size != math.prod(shape):
             raise ValueError(f"grad_out must hold one value per input element ({shape}), got shape {grad_out.shape}")

@@ -351,6 +351,15 @@ def linear(input, weight, bias=None):
     return y.reshape(*x.shape[:-1], w.shape[0])
 
 
+def _input_and_target(input, target):
+    """(input, target) of an elementwise loss: float arrays of one dtype and one shape."""
+    x = _floats(input, "input")
+    t = _like(x, target, "target", "input")
+    if t.shape != x.shape:
+        raise ValueError(f"target must have input's shape {x.shape}, got {t.shape}")
+    return x, t
+
+
 def _reduction(reduction):
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -385,10 +394,7 @@ def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean
 def mse_loss(input, target, reduction="mean"):
     """Squared error of input against target of the same shape (torch.nn.functional.mse_loss)."""
     _reduction(reduction)
-    pred = _floats(input, "input")
-    t = _like(pred, target, "target", "input")
-    if t.shape != pred.shape:
-        raise ValueError(f"target must have input's shape {pred.shape}, got {t.shape}")
+    pred, t = _input_and_target(input, target)
     if reduction == "none":
         return (pred - t) ** 2
     return pred.dtype.type(_C.mse_loss(pred, t, reduction)[0])
@@ -401,10 +407,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     if weight is not None or pos_weight is not None:
         raise NotImplementedError("binary_cross_entropy_with_logits: weight= and pos_weight= are not supported")
     _reduction(reduction)
-    z = _floats(input, "input")
-    t = _like(z, target, "target", "input")
-    if t.shape != z.shape:
-        raise ValueError(f"target must have input's shape {z.shape}, got {t.shape}")
+    z, t = _input_and_target(input, target)
     if reduction == "none":
         return np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
     return z.dtype.type(_C.bce_with_logits_loss(z, t, reduction)[0])

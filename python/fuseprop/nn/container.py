@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._arrays import generation
 from .._tape import CONSUMED, check_tape, record_forward
 from ..engine.cpu_plan import FusedStep
 from ..engine.cuda_plan import CudaStep
@@ -53,6 +54,15 @@ class Sequential(Module):
         setattr(self, str(len(self)), module)
         return self
 
+    def _segments(self):
+        """engine.protocol.segments of the children, looked at again only when the model generation moved
+        (every layer, setting or parameter assignment moves it): a forward does not describe each layer anew."""
+        cached = self.__dict__.get("_segments_seen")
+        if cached is None or cached[0] != generation():
+            cached = (generation(), segments(self._modules.values()))
+            object.__setattr__(self, "_segments_seen", cached)
+        return cached[1]
+
     def _forget_tape(self):
         if self._tape is not None:
             object.__setattr__(self, "_tape", None)
@@ -63,7 +73,7 @@ class Sequential(Module):
             return cuda_forward(self, list(self._modules.values()), x)
         tape = []
         # A segment opener followed by an epilogue (Linear + activation) runs as one fused call.
-        for first, epilogue in segments(self._modules.values()):
+        for first, epilogue in self._segments():
             if epilogue is None:
                 m = first.module if isinstance(first, NativeLayer) else first
                 x = m(x)
@@ -108,6 +118,7 @@ class Sequential(Module):
         state = self.__dict__.copy()
         state.pop("_fused", None)
         state.pop("_cuda_inference", None)
+        state.pop("_segments_seen", None)
         return state
 
     def _fused_for(self, loss_fn, optimizer):

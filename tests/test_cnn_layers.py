@@ -207,3 +207,23 @@ def test_a_refused_batchnorm_input_changes_no_statistic():
 def test_the_models_with_buffers_stay_on_the_cpu():
     with pytest.raises((NotImplementedError, RuntimeError)):
         small_cnn().to("cuda")
+
+
+@pytest.mark.parametrize("bad", ["nan-input", "label-out-of-range"])
+def test_a_refused_step_leaves_the_running_statistics_as_they_were(bad):
+    # The training-mode forward moves BatchNorm's statistics before the loss is even computed.
+    x, y = blobs(32)
+    fuseprop.manual_seed(0)
+    m = small_cnn()
+    m.fit(x, y, epochs=1, batch_size=16, verbose=0, seed=0)
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    if bad == "nan-input":
+        x = np.full_like(x, np.nan)
+        exc = FloatingPointError
+    else:
+        y = y + 3
+        exc = ValueError
+    with pytest.raises(exc):
+        m.train_step(x[:16], y[:16], losses.CrossEntropyLoss(), optim.SGD(m.parameters(), lr=0.1))
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)

@@ -62,30 +62,38 @@ def per_layer_step(model, x, y, loss_fn, optimizer, *, l1: float = 0.0, l2: floa
                    clip_value=None, hooks: StepHooks = _NO_HOOKS):
     """One step layer by layer: (loss including penalties, the model's output or None for an empty batch).
     Raises FloatingPointError, without touching the weights, when the loss or a gradient is not finite,
-    and, after the fact, when the update made a weight non-finite."""
+    and, after the fact, when the update made a weight non-finite. A step refused before its update
+    (a non-finite loss or gradient, labels out of range, any error) also leaves the buffers as they were:
+    the training-mode forward had already moved BatchNorm's running statistics."""
     if np.ndim(x) < 1 or (hooks.needs_samples and len(x) == 0):
         raise ValueError(f"train_step needs a non-empty batch, got x of shape {np.shape(x)}")
     n = len(x)
-    model.zero_grad()
-    out, value = None, 0.0
-    if n:
-        out = model(x)
-        value = loss_fn(out, y)
-        if hooks.check_local_loss:
+    buffers = [(b, b.copy()) for b in model.buffers()] if hasattr(model, "buffers") else []
+    try:
+        model.zero_grad()
+        out, value = None, 0.0
+        if n:
+            out = model(x)
+            value = loss_fn(out, y)
+            if hooks.check_local_loss:
+                _check_loss(value)
+            grad = hooks.output_gradient(loss_fn.backward(), out, y, value)
+            model._backward(grad, need_input_grad=False, done=hooks.module_done)
+        value = hooks.gradients_ready(value)
+        if not hooks.check_local_loss:
             _check_loss(value)
-        grad = hooks.output_gradient(loss_fn.backward(), out, y, value)
-        model._backward(grad, need_input_grad=False, done=hooks.module_done)
-    value = hooks.gradients_ready(value)
-    if not hooks.check_local_loss:
-        _check_loss(value)
-    named = list(model.named_parameters())
-    value += add_penalties([p for _, p in named], l1, l2)
-    if clip_value is not None:
-        clip_grad_value_([p for _, p in named], clip_value)
-    if clip_norm is not None:
-        clip_grad_norm_([p for _, p in named], clip_norm)
-    hooks.gradients_final()
-    check_gradients_finite(named)
+        named = list(model.named_parameters())
+        value += add_penalties([p for _, p in named], l1, l2)
+        if clip_value is not None:
+            clip_grad_value_([p for _, p in named], clip_value)
+        if clip_norm is not None:
+            clip_grad_norm_([p for _, p in named], clip_norm)
+        hooks.gradients_final()
+        check_gradients_finite(named)
+    except BaseException:
+        for b, before in buffers:
+            np.copyto(b, before)
+        raise
     optimizer.step()
     check_weights_finite(named)
     return value, out

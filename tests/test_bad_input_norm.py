@@ -22,6 +22,11 @@ _OPS = {
     "batch_norm_backward": (F.batch_norm_backward, lambda r: dict(
         grad_y=randn(r, 4, 3, 5), x=randn(r, 4, 3, 5), weight=randn(r, 3), save_mean=randn(r, 3),
         save_invstd=np.abs(randn(r, 3)) + 0.5, training=True, grad_weight=randn(r, 3), grad_bias=randn(r, 3))),
+    # with the activation after it: y (the forward's output) and bias (the forward's) give its derivative
+    "batch_norm_backward_relu": (F.batch_norm_backward, lambda r: dict(
+        grad_y=randn(r, 4, 3, 5), x=randn(r, 4, 3, 5), weight=randn(r, 3), save_mean=randn(r, 3),
+        save_invstd=np.abs(randn(r, 3)) + 0.5, training=True, grad_weight=randn(r, 3), grad_bias=randn(r, 3),
+        y=np.abs(randn(r, 4, 3, 5)), bias=randn(r, 3), activation="relu")),
     "layer_norm_forward": (F.layer_norm_forward, lambda r: dict(
         x=randn(r, 4, 3, 5), normalized_shape=(3, 5), weight=randn(r, 3, 5), bias=randn(r, 3, 5))),
     "layer_norm_backward": (F.layer_norm_backward, lambda r: dict(
@@ -90,6 +95,10 @@ def test_bad_array_is_refused_and_nothing_is_written(op, name, form):
                  id="batch_norm_backward-grad_weight"),
     pytest.param("batch_norm_backward", "grad_bias", (4,), r"^grad_bias must have shape \(3,\), got \(4,\)",
                  id="batch_norm_backward-grad_bias"),
+    pytest.param("batch_norm_backward_relu", "y", (4, 3, 4), r"^y must have the same shape as x \(4, 3, 5\), got "
+                 r"\(4, 3, 4\)", id="batch_norm_backward_relu-y"),
+    pytest.param("batch_norm_backward_relu", "bias", (4,), r"^bias must have shape \(3,\), got \(4,\)",
+                 id="batch_norm_backward_relu-bias"),
     pytest.param("layer_norm_forward", "x", (4, 5, 3), r"^x must have shape \(\*, 3, 5\) to be normalised over "
                  r"normalized_shape \(3, 5\), got \(4, 5, 3\)", id="layer_norm_forward-x-trailing"),
     pytest.param("layer_norm_forward", "x", (5,), r"^x must have shape \(\*, 3, 5\) .*got \(5,\)",
@@ -277,3 +286,17 @@ def test_batch_norm_empty_batch_leaves_the_running_statistics():
     assert dx.shape == (0, 2, 3)
     np.testing.assert_array_equal(dw, [0.0, 0.0])
     np.testing.assert_array_equal(db, [0.0, 0.0])
+
+
+# ---------------------------------------------------------------------------------------------
+# the activation after batch norm
+
+
+def test_batch_norm_backward_through_an_activation_needs_the_forward_output():
+    _refused("batch_norm_backward_relu", ValueError, r"^y \(the forward's output\) is required with activation 'relu'$",
+             y=None)
+
+
+@pytest.mark.parametrize("op", ["batch_norm_forward", "batch_norm_backward_relu"])
+def test_batch_norm_activation_must_be_known(op):
+    _refused(op, ValueError, r"activation", activation="softmax")

@@ -102,6 +102,28 @@ def test_a_cnn_trains_step_by_step_as_torch_does():
     assert model.train_plan is None  # layer by layer: the native plan takes Linear chains only
 
 
+@pytest.mark.parametrize("make_act", [nn.ReLU, lambda: nn.LeakyReLU(-0.3), nn.Sigmoid, lambda: nn.GELU("tanh")],
+                         ids=["relu", "leaky-negative-slope", "sigmoid", "gelu-tanh"])
+@pytest.mark.parametrize("shape", [(6, 3, 4, 5), (7, 3)], ids=["2d", "1d"])
+def test_batchnorm_and_its_activation_run_as_one_pass_with_the_numbers_of_two(make_act, shape):
+    """Sequential runs BatchNorm + activation as one call each way (the activation in the normalisation's
+    pass); the outputs, gradients and running statistics are those of the two layers run one by one."""
+    bn_type = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
+    fused_bn, apart_bn, apart_act = bn_type(3, dtype=np.float64), bn_type(3, dtype=np.float64), make_act()
+    fused_bn.weight.data[:] = randn(3, seed=1)
+    fused_bn.bias.data[:] = randn(3, seed=2)
+    apart_bn.load_state_dict(fused_bn.state_dict())
+    model = nn.Sequential(fused_bn, make_act())
+    assert len(model._segments()) == 1  # one fused pair
+    x, g = randn(*shape, seed=3) * 2 + 1, randn(*shape, seed=4)
+    np.testing.assert_allclose(model(x), apart_act(apart_bn(x)), rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(model.backward(g), apart_bn.backward(apart_act.backward(g)), rtol=1e-11, atol=1e-13)
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(getattr(fused_bn, name).grad, getattr(apart_bn, name).grad, rtol=1e-11, atol=1e-13)
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        np.testing.assert_array_equal(getattr(fused_bn, name), getattr(apart_bn, name))
+
+
 def small_cnn(dtype=np.float32):
     return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, dtype=dtype), nn.BatchNorm2d(4, dtype=dtype), nn.ReLU(),
                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 3, dtype=dtype))

@@ -126,9 +126,10 @@ BatchNormForwardArgs checked_batch_norm_forward_args(const py::handle& x_obj, co
 // save_invstd (C,)). training: running_* (when given) are updated in place.
 py::tuple batch_norm_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
                                    const py::handle& rm_obj, const py::handle& rv_obj, bool training, double momentum,
-                                   double eps) {
+                                   double eps, const std::string& activation, double slope) {
   const BatchNormForwardArgs r =
       checked_batch_norm_forward_args(x_obj, w_obj, b_obj, rm_obj, rv_obj, training, momentum, eps);
+  const Activation act = parse_activation(activation);
   return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     py::array y = like(*r.x);
@@ -137,7 +138,7 @@ py::tuple batch_norm_forward_entry(const py::handle& x_obj, const py::handle& w_
       py::gil_scoped_release nogil;
       batch_norm_forward<T>(ptr<T>(y), ptr<T>(save_mean), ptr<T>(save_invstd), ptr_or_null<T>(r.rm),
                             ptr_or_null<T>(r.rv), ptr<T>(*r.x), ptr_or_null<T>(r.w), ptr_or_null<T>(r.b), r.N, r.C, r.S,
-                            training, momentum, eps);
+                            training, momentum, eps, act, T(slope));
     }
     return py::make_tuple(y, save_mean, save_invstd);
   });
@@ -145,15 +146,18 @@ py::tuple batch_norm_forward_entry(const py::handle& x_obj, const py::handle& w_
 
 // The checks of a batch_norm backward, shared by the CPU and CUDA entries: grad_y, x (N, C, *spatial);
 // weight (C,) or None; save_mean, save_invstd (C,); grad_weight, grad_bias (C,) or None, updated in place.
+// With an activation after the normalisation: y (the forward's output, like x) and bias (C,) or None.
 struct BatchNormBackwardArgs {
   DType dt;
-  std::optional<py::array> dy, x, w, mean, invstd, dw, db;
+  std::optional<py::array> dy, x, w, mean, invstd, dw, db, y, b;
   int64_t N, C, S;
+  Activation act;
 };
 BatchNormBackwardArgs checked_batch_norm_backward_args(const py::handle& dy_obj, const py::handle& x_obj,
                                                        const py::handle& w_obj, const py::handle& mean_obj,
                                                        const py::handle& invstd_obj, const py::handle& dw_obj,
-                                                       const py::handle& db_obj) {
+                                                       const py::handle& db_obj, const py::handle& y_obj,
+                                                       const py::handle& b_obj, const std::string& activation) {
   BatchNormBackwardArgs r;
   r.dy = float_input(dy_obj, "grad_y", &r.dt);
   r.x = float_input_like(x_obj, "x", r.dt, "grad_y");
@@ -171,6 +175,14 @@ BatchNormBackwardArgs checked_batch_norm_backward_args(const py::handle& dy_obj,
   r.db = optional_inout(db_obj, "grad_bias", r.dt, "grad_y", {r.C},
                         {{&r.dy, "grad_y"}, {&r.x, "x"}, {&r.w, "weight"}, {&r.mean, "save_mean"},
                          {&r.invstd, "save_invstd"}, {&r.dw, "grad_weight"}});
+  r.act = parse_activation(activation);
+  if (r.act != Activation::identity) {  // the activation's derivative reads y and the recomputed z
+    if (y_obj.is_none())
+      throw py::value_error(cat("y (the forward's output) is required with activation '", activation, "'"));
+    r.y = float_input_like(y_obj, "y", r.dt, "grad_y");
+    check_same_shape(*r.y, "y", *r.x, "x");
+    r.b = optional_input(b_obj, "bias", r.dt, "grad_y", {r.C});
+  }
   return r;
 }
 
@@ -179,8 +191,11 @@ BatchNormBackwardArgs checked_batch_norm_backward_args(const py::handle& dy_obj,
 // without them the parameter gradients are new arrays when weight is given, None when it is not.
 py::tuple batch_norm_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
                                     const py::handle& mean_obj, const py::handle& invstd_obj, bool training,
-                                    bool need_grad_x, const py::handle& dw_obj, const py::handle& db_obj) {
-  const BatchNormBackwardArgs r = checked_batch_norm_backward_args(dy_obj, x_obj, w_obj, mean_obj, invstd_obj, dw_obj, db_obj);
+                                    bool need_grad_x, const py::handle& dw_obj, const py::handle& db_obj,
+                                    const py::handle& y_obj, const py::handle& b_obj, const std::string& activation,
+                                    double slope) {
+  const BatchNormBackwardArgs r = checked_batch_norm_backward_args(dy_obj, x_obj, w_obj, mean_obj, invstd_obj, dw_obj,
+                                                                   db_obj, y_obj, b_obj, activation);
   return dispatch(r.dt, [&](auto tag) -> py::tuple {
     using T = decltype(tag);
     std::optional<py::array> dw = r.dw, db = r.db;
@@ -191,7 +206,8 @@ py::tuple batch_norm_backward_entry(const py::handle& dy_obj, const py::handle& 
     {
       py::gil_scoped_release nogil;
       batch_norm_backward<T>(ptr_or_null<T>(dx), ptr_or_null<T>(dw), ptr_or_null<T>(db), ptr<T>(*r.dy), ptr<T>(*r.x),
-                             ptr_or_null<T>(r.w), ptr<T>(*r.mean), ptr<T>(*r.invstd), r.N, r.C, r.S, training);
+                             ptr_or_null<T>(r.y), ptr_or_null<T>(r.w), ptr_or_null<T>(r.b), ptr<T>(*r.mean),
+                             ptr<T>(*r.invstd), r.N, r.C, r.S, training, r.act, T(slope));
     }
     return py::make_tuple(or_none(dx), or_none(dw), or_none(db));
   });
@@ -301,10 +317,11 @@ float* dptr(const cuda::DeviceBuffer& d, const std::optional<py::array>& a) { re
 // As batch_norm_forward; the running statistics are updated in place on the host arrays.
 py::tuple cuda_batch_norm_forward_entry(const py::handle& x_obj, const py::handle& w_obj, const py::handle& b_obj,
                                         const py::handle& rm_obj, const py::handle& rv_obj, bool training,
-                                        double momentum, double eps) {
+                                        double momentum, double eps, const std::string& activation, double slope) {
   require_f32(x_obj, "x");
   const BatchNormForwardArgs r =
       checked_batch_norm_forward_args(x_obj, w_obj, b_obj, rm_obj, rv_obj, training, momentum, eps);
+  const Activation act = parse_activation(activation);
   py::array y = like(*r.x), save_mean = empty<float>({r.C}), save_invstd = empty<float>({r.C});
   require_device();
   {
@@ -315,7 +332,7 @@ py::tuple cuda_batch_norm_forward_entry(const py::handle& x_obj, const py::handl
         d_invstd(size_t(save_invstd.nbytes()));
     cuda::batch_norm_forward(d_y.as<float>(), d_mean.as<float>(), d_invstd.as<float>(), dptr(d_rm, r.rm),
                              dptr(d_rv, r.rv), d_x.as<float>(), dptr(d_w, r.w), dptr(d_b, r.b), r.N, r.C, r.S, training,
-                             momentum, eps);
+                             momentum, eps, act, float(slope));
     d_y.copy_to_host(ptr<void>(y));
     d_mean.copy_to_host(ptr<void>(save_mean));
     d_invstd.copy_to_host(ptr<void>(save_invstd));
@@ -328,9 +345,12 @@ py::tuple cuda_batch_norm_forward_entry(const py::handle& x_obj, const py::handl
 // As batch_norm_backward: given grad_weight / grad_bias accumulate in place.
 py::tuple cuda_batch_norm_backward_entry(const py::handle& dy_obj, const py::handle& x_obj, const py::handle& w_obj,
                                          const py::handle& mean_obj, const py::handle& invstd_obj, bool training,
-                                         bool need_grad_x, const py::handle& dw_obj, const py::handle& db_obj) {
+                                         bool need_grad_x, const py::handle& dw_obj, const py::handle& db_obj,
+                                         const py::handle& y_obj, const py::handle& b_obj, const std::string& activation,
+                                         double slope) {
   require_f32(dy_obj, "grad_y");
-  const BatchNormBackwardArgs r = checked_batch_norm_backward_args(dy_obj, x_obj, w_obj, mean_obj, invstd_obj, dw_obj, db_obj);
+  const BatchNormBackwardArgs r = checked_batch_norm_backward_args(dy_obj, x_obj, w_obj, mean_obj, invstd_obj, dw_obj,
+                                                                   db_obj, y_obj, b_obj, activation);
   std::optional<py::array> dw = r.dw, db = r.db, dx;
   if (!dw && r.w) dw = zeros<float>({r.C});
   if (!db && r.w) db = zeros<float>({r.C});
@@ -340,9 +360,11 @@ py::tuple cuda_batch_norm_backward_entry(const py::handle& dy_obj, const py::han
     py::gil_scoped_release nogil;
     const cuda::DeviceBuffer d_dy = to_device(*r.dy), d_x = to_device(*r.x), d_w = to_device_or_empty(r.w),
                              d_mean = to_device(*r.mean), d_invstd = to_device(*r.invstd), d_dw = to_device_or_empty(dw),
-                             d_db = to_device_or_empty(db), d_dx(dx ? size_t(dx->nbytes()) : 0);
+                             d_db = to_device_or_empty(db), d_dx(dx ? size_t(dx->nbytes()) : 0),
+                             d_y = to_device_or_empty(r.y), d_b = to_device_or_empty(r.b);
     cuda::batch_norm_backward(dptr(d_dx, dx), dptr(d_dw, dw), dptr(d_db, db), d_dy.as<float>(), d_x.as<float>(),
-                              dptr(d_w, r.w), d_mean.as<float>(), d_invstd.as<float>(), r.N, r.C, r.S, training);
+                              dptr(d_y, r.y), dptr(d_w, r.w), dptr(d_b, r.b), d_mean.as<float>(), d_invstd.as<float>(),
+                              r.N, r.C, r.S, training, r.act, float(slope));
     if (dx) d_dx.copy_to_host(ptr<void>(*dx));
     if (dw) d_dw.copy_to_host(ptr<void>(*dw));
     if (db) d_db.copy_to_host(ptr<void>(*db));
@@ -404,18 +426,22 @@ py::tuple cuda_layer_norm_backward_entry(const py::handle& dy_obj, const py::han
 
 void bind_norm(py::module_& m) {
   m.def("batch_norm_forward", &batch_norm_forward_entry, "x"_a, "weight"_a, "bias"_a, "running_mean"_a,
-        "running_var"_a, "training"_a, "momentum"_a = 0.1, "eps"_a = 1e-5);
+        "running_var"_a, "training"_a, "momentum"_a = 0.1, "eps"_a = 1e-5, "activation"_a = "identity",
+        "negative_slope"_a = 0.01);
   m.def("batch_norm_backward", &batch_norm_backward_entry, "grad_y"_a, "x"_a, "weight"_a, "save_mean"_a,
-        "save_invstd"_a, "training"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none());
+        "save_invstd"_a, "training"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none(),
+        "y"_a = py::none(), "bias"_a = py::none(), "activation"_a = "identity", "negative_slope"_a = 0.01);
   m.def("layer_norm_forward", &layer_norm_forward_entry, "x"_a, "normalized_shape"_a, "weight"_a = py::none(),
         "bias"_a = py::none(), "eps"_a = 1e-5);
   m.def("layer_norm_backward", &layer_norm_backward_entry, "grad_y"_a, "x"_a, "normalized_shape"_a, "weight"_a,
         "mean"_a, "rstd"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none());
 #if FUSEPROP_CUDA_COMPILED
   m.def("cuda_batch_norm_forward", &cuda_batch_norm_forward_entry, "x"_a, "weight"_a, "bias"_a, "running_mean"_a,
-        "running_var"_a, "training"_a, "momentum"_a = 0.1, "eps"_a = 1e-5);
+        "running_var"_a, "training"_a, "momentum"_a = 0.1, "eps"_a = 1e-5, "activation"_a = "identity",
+        "negative_slope"_a = 0.01);
   m.def("cuda_batch_norm_backward", &cuda_batch_norm_backward_entry, "grad_y"_a, "x"_a, "weight"_a, "save_mean"_a,
-        "save_invstd"_a, "training"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none());
+        "save_invstd"_a, "training"_a, "need_grad_x"_a = true, "grad_weight"_a = py::none(), "grad_bias"_a = py::none(),
+        "y"_a = py::none(), "bias"_a = py::none(), "activation"_a = "identity", "negative_slope"_a = 0.01);
   m.def("cuda_layer_norm_forward", &cuda_layer_norm_forward_entry, "x"_a, "normalized_shape"_a, "weight"_a = py::none(),
         "bias"_a = py::none(), "eps"_a = 1e-5);
   m.def("cuda_layer_norm_backward", &cuda_layer_norm_backward_entry, "grad_y"_a, "x"_a, "normalized_shape"_a, "weight"_a,

@@ -4,6 +4,7 @@
 
 #include "cuda/core/launch.cuh"
 #include "cuda/core/warp.cuh"  // block_sum
+#include "ops/activation_math.h"
 #include "ops/norm_math.h"
 
 namespace fuseprop::cuda {
@@ -33,10 +34,12 @@ __device__ __forceinline__ int64_t channel_at(int64_t i, int64_t c, int64_t C, i
 }
 
 // x, y (N,C,S), one block per channel c (grid-stride over channels): the shifted sums in double (the shift
-// is the channel's first value, as the CPU's float32 pass), the statistics, then y.
+// is the channel's first value, as the CPU's float32 pass), the statistics, then y = act(z).
+template <Activation A>
 __global__ void __launch_bounds__(kThreads) batch_norm_forward_kernel(
     float* y, float* save_mean, float* save_invstd, float* running_mean, float* running_var, const float* x,
-    const float* weight, const float* bias, int64_t N, int64_t C, int64_t S, bool training, double momentum, double eps) {
+    const float* weight, const float* bias, int64_t N, int64_t C, int64_t S, bool training, double momentum, double eps,
+    float slope) {
   __shared__ double s[kThreads];
   __shared__ double affine[3];  // mean, scale, bias
   const int64_t n = N * S;
@@ -76,24 +79,40 @@ __global__ void __launch_bounds__(kThreads) batch_norm_forward_kernel(
     const double mean = affine[0], scale = affine[1], b = affine[2];
     for (int64_t i = threadIdx.x; i < n; i += kThreads) {
       const int64_t at = channel_at(i, c, C, S);
-      y[at] = float(norm_apply(double(x[at]), mean, scale, b));
+      y[at] = act_forward<A>(float(norm_apply(double(x[at]), mean, scale, b)), slope);
     }
     __syncthreads();  // affine is rewritten by the next channel
   }
 }
 
-// dy, x, dx (N,C,S), one block per channel: sum(dy) and sum(dy * (x - mean)) in double, then dx
+// The gradient reaching the normalised value: dy * act'(z), z recomputed from x as the forward computed it.
+template <Activation A>
+__device__ __forceinline__ double grad_at_norm(const float* dy, const float* x, const float* y, int64_t at, double m,
+                                               double scale, double b, float slope) {
+  if constexpr (A == Activation::identity) {
+    return double(dy[at]);
+  } else {
+    const float z = float(norm_apply(double(x[at]), m, scale, b));
+    return double(dy[at]) * double(act_derivative<A>(z, y[at], slope));
+  }
+}
+
+// dy, x, y, dx (N,C,S), one block per channel: sum(g) and sum(g * (x - mean)) in double, g = dy * act'(z),
+// then dx
+template <Activation A>
 __global__ void __launch_bounds__(kThreads) batch_norm_backward_kernel(
-    float* dx, float* dweight, float* dbias, const float* dy, const float* x, const float* weight, const float* mean,
-    const float* invstd, int64_t N, int64_t C, int64_t S, bool training) {
+    float* dx, float* dweight, float* dbias, const float* dy, const float* x, const float* y, const float* weight,
+    const float* bias, const float* mean, const float* invstd, int64_t N, int64_t C, int64_t S, bool training,
+    float slope) {
   __shared__ double s[kThreads];
   const int64_t n = N * S;
   for (int64_t c = blockIdx.x; c < C; c += gridDim.x) {
     const double m = double(mean[c]), is = double(invstd[c]), w = weight ? double(weight[c]) : 1.0;
+    const double scale = weight ? is * double(weight[c]) : is, b = bias ? double(bias[c]) : 0.0;
     double sdy = 0.0, sdyx = 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads) {
       const int64_t at = channel_at(i, c, C, S);
-      const double g = double(dy[at]);
+      const double g = grad_at_norm<A>(dy, x, y, at, m, scale, b, slope);
       sdy += g;
       sdyx += g * (double(x[at]) - m);
     }
@@ -108,7 +127,8 @@ __global__ void __launch_bounds__(kThreads) batch_norm_backward_kernel(
     const double mean_g = stats ? w * sdy / double(n) : 0.0, mean_g_xhat = stats ? w * sdy_xhat / double(n) : 0.0;
     for (int64_t i = threadIdx.x; i < n; i += kThreads) {
       const int64_t at = channel_at(i, c, C, S);
-      dx[at] = float(norm_backward_dx(double(dy[at]) * w, (double(x[at]) - m) * is, is, mean_g, mean_g_xhat));
+      const double g = grad_at_norm<A>(dy, x, y, at, m, scale, b, slope);
+      dx[at] = float(norm_backward_dx(g * w, (double(x[at]) - m) * is, is, mean_g, mean_g_xhat));
     }
   }
 }
@@ -203,18 +223,23 @@ unsigned blocks_for(int64_t items) { return static_cast<unsigned>(items < kMaxBl
 
 void batch_norm_forward(float* y, float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                         const float* x, const float* weight, const float* bias, int64_t N, int64_t C, int64_t S,
-                        bool training, double momentum, double eps) {
+                        bool training, double momentum, double eps, Activation act, float slope) {
   if (C == 0) return;
-  batch_norm_forward_kernel<<<blocks_for(C), kThreads>>>(y, save_mean, save_invstd, running_mean, running_var, x, weight,
-                                                         bias, N, C, S, training, momentum, eps);
+  FUSEPROP_DISPATCH_ACTIVATION(act, A, {
+    batch_norm_forward_kernel<A><<<blocks_for(C), kThreads>>>(y, save_mean, save_invstd, running_mean, running_var, x,
+                                                              weight, bias, N, C, S, training, momentum, eps, slope);
+  });
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 
-void batch_norm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x, const float* weight,
-                         const float* mean, const float* invstd, int64_t N, int64_t C, int64_t S, bool training) {
+void batch_norm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x, const float* y,
+                         const float* weight, const float* bias, const float* mean, const float* invstd, int64_t N,
+                         int64_t C, int64_t S, bool training, Activation act, float slope) {
   if (C == 0 || (!dx && !dweight && !dbias)) return;
-  batch_norm_backward_kernel<<<blocks_for(C), kThreads>>>(dx, dweight, dbias, dy, x, weight, mean, invstd, N, C, S,
-                                                          training);
+  FUSEPROP_DISPATCH_ACTIVATION(act, A, {
+    batch_norm_backward_kernel<A><<<blocks_for(C), kThreads>>>(dx, dweight, dbias, dy, x, y, weight, bias, mean, invstd,
+                                                               N, C, S, training, slope);
+  });
   FUSEPROP_CUDA_CHECK_LAUNCH();
 }
 

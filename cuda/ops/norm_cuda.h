@@ -8,21 +8,25 @@
 
 #include <cstdint>
 
+#include "core/common.h"
+
 namespace fuseprop::cuda {
 
 // x, y (N,C,S); weight, bias (C) or null; running_mean, running_var, save_mean, save_invstd (C). One block
 // per channel. training: save_* = the batch mean and 1/sqrt(var + eps) (biased var); running_* (when not
 // null) move toward the batch mean and the unbiased var by momentum, unless N*S == 0. Otherwise: save_* =
-// running_mean and 1/sqrt(running_var + eps) (not null). y = (x - mean) * invstd * weight + bias.
+// running_mean and 1/sqrt(running_var + eps) (not null). y = act(z), z = (x - mean) * invstd * weight + bias.
 void batch_norm_forward(float* y, float* save_mean, float* save_invstd, float* running_mean, float* running_var,
                         const float* x, const float* weight, const float* bias, int64_t N, int64_t C, int64_t S,
-                        bool training, double momentum, double eps);
+                        bool training, double momentum, double eps, Activation act, float slope);
 
-// dy, x, dx (N,C,S); weight (C) or null (1); mean, invstd (C) from the forward. One block per channel:
-// dweight (C) += sum(dy * xhat), dbias (C) += sum(dy); dx = invstd * w * (dy - mean(dy) - xhat * mean(dy * xhat))
-// in training, else dy * w * invstd. dx, dweight, dbias may each be null.
-void batch_norm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x, const float* weight,
-                         const float* mean, const float* invstd, int64_t N, int64_t C, int64_t S, bool training);
+// dy, x, y, dx (N,C,S); weight, bias (C) or null (1, 0); mean, invstd (C) from the forward; y its output (read
+// unless act is the identity). One block per channel, g = dy * act'(z) with z recomputed from x:
+// dweight (C) += sum(g * xhat), dbias (C) += sum(g); dx = invstd * w * (g - mean(g) - xhat * mean(g * xhat))
+// in training, else g * w * invstd. dx, dweight, dbias may each be null.
+void batch_norm_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x, const float* y,
+                         const float* weight, const float* bias, const float* mean, const float* invstd, int64_t N,
+                         int64_t C, int64_t S, bool training, Activation act, float slope);
 
 // x, y (M,D); weight, bias (D) or null; mean, rstd (M). One block per row: y = (x - mean) * rstd * w + b.
 void layer_norm_forward(float* y, float* mean, float* rstd, const float* x, const float* weight, const float* bias,

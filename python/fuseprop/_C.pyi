@@ -84,14 +84,18 @@ def adam_step(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray, exp_avg_
 
 # batch and layer normalisation (bind_norm.cpp)
 # x (N, C, *spatial); weight, bias, running_mean, running_var (C,) or None -> (y, save_mean (C,), save_invstd (C,));
-# training: batch statistics, running_* updated in place; otherwise the running statistics (required)
+# training: batch statistics, running_* updated in place; otherwise the running statistics (required);
+# y = activation(the normalised x), in the same pass
 def batch_norm_forward(x: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray],
                        running_mean: Optional[np.ndarray], running_var: Optional[np.ndarray], training: bool,
-                       momentum: float = 0.1, eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
-# -> (grad_x | None, grad_weight (C,) | None, grad_bias (C,) | None); given grads accumulate in place
+                       momentum: float = 0.1, eps: float = 1e-5, activation: str = "identity",
+      negative_slope: float = 0.01) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+# -> (grad_x | None, grad_weight (C,) | None, grad_bias (C,) | None); given grads accumulate in place;
+# with an activation, y (the forward's output) and bias (the forward's) give its derivative
 def batch_norm_backward(grad_y: np.ndarray, x: np.ndarray, weight: Optional[np.ndarray], save_mean: np.ndarray,
                         save_invstd: np.ndarray, training: bool, need_grad_x: bool = True,
-                        grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
+                        grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None, y: Optional[np.ndarray] = None,
+      bias: Optional[np.ndarray] = None, activation: str = "identity", negative_slope: float = 0.01
                         ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
 # x (*, normalized_shape); weight, bias (normalized_shape) or None -> (y, mean, rstd (x.shape[:-k]))
 def layer_norm_forward(x: np.ndarray, normalized_shape: Sequence[int], weight: Optional[np.ndarray] = None,
@@ -198,10 +202,12 @@ def cuda_avg_pool2d_backward(grad_y: np.ndarray, input_size: Tuple[int, int], ke
                              count_include_pad: bool = True) -> np.ndarray: ...
 def cuda_batch_norm_forward(x: np.ndarray, weight: Optional[np.ndarray], bias: Optional[np.ndarray],
                             running_mean: Optional[np.ndarray], running_var: Optional[np.ndarray], training: bool,
-                            momentum: float = 0.1, eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+                            momentum: float = 0.1, eps: float = 1e-5, activation: str = "identity",
+      negative_slope: float = 0.01) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 def cuda_batch_norm_backward(grad_y: np.ndarray, x: np.ndarray, weight: Optional[np.ndarray], save_mean: np.ndarray,
                              save_invstd: np.ndarray, training: bool, need_grad_x: bool = True,
-                             grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
+                             grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None, y: Optional[np.ndarray] = None,
+      bias: Optional[np.ndarray] = None, activation: str = "identity", negative_slope: float = 0.01
                              ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
 def cuda_layer_norm_forward(x: np.ndarray, normalized_shape: Sequence[int], weight: Optional[np.ndarray] = None,
                             bias: Optional[np.ndarray] = None, eps: float = 1e-5) -> Tuple[np.ndarray, np.ndarray, np.ndarray]: ...

@@ -181,7 +181,8 @@ def adam_step(param, grad, exp_avg, exp_avg_sq, *, step, lr=1e-3, beta1=0.9, bet
 
 # -- normalisation: batch norm over every axis but the channels' (axis 1), layer norm over the trailing axes -----
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+                       activation="identity", negative_slope=0.01):
     """(y, save_mean, save_invstd) of batch normalisation; x (N, C) or (N, C, *spatial), statistics per channel.
 
     weight, bias (C,) or None (no affine); running_mean, running_var (C,) or None (not tracked).
@@ -191,27 +192,29 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
     error (as PyTorch); an empty batch gives an empty y, NaN save_* and leaves the running statistics.
     Otherwise the running statistics (required) normalise, and are what save_* return.
     momentum is a float in [0, 1]: PyTorch's momentum=None (a cumulative average) is the caller's
-    1 / num_batches_tracked.
+    1 / num_batches_tracked. activation: y = activation(the normalised x), in the same pass over the data.
     """
     if momentum is None:
         raise TypeError("momentum must be a float in [0, 1]; for PyTorch's momentum=None (a cumulative average) "
                         "pass 1 / num_batches_tracked")
     return _C.batch_norm_forward(x, weight, bias, running_mean, running_var, bool(training), float(momentum),
-                                 float(eps))
+                                 float(eps), activation, negative_slope)
 
 
 def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training, need_grad_x=True, grad_weight=None,
-                        grad_bias=None):
+                        grad_bias=None, y=None, bias=None, activation="identity", negative_slope=0.01):
     """(grad_x | None, grad_weight | None, grad_bias | None) of batch normalisation.
 
     xhat = (x - save_mean) * save_invstd; grad_weight = sum(grad_y * xhat), grad_bias = sum(grad_y) per
     channel. training: grad_x = invstd * w / n * (n * grad_y - sum(grad_y) - xhat * sum(grad_y * xhat))
     (the batch statistics depend on x); otherwise grad_x = grad_y * w * invstd. Given grad_weight /
     grad_bias are accumulated into (+=) in place and returned; without them they are new arrays when
-    weight is given and None when it is None (no affine).
+    weight is given and None when it is None (no affine). With an activation (the forward's), grad_y is the
+    gradient of its output y (required, the forward's), and grad_y * activation'(z) takes its place above, z
+    the normalised x recomputed with the forward's bias (pass it: None means there was none).
     """
     return _C.batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, bool(training), need_grad_x,
-                                  grad_weight, grad_bias)
+                                  grad_weight, grad_bias, y, bias, activation, negative_slope)
 
 
 def _normalized_shape(normalized_shape):

@@ -422,10 +422,12 @@ def _per_channel(v, ndim):
     return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
-def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5):
+def batch_norm_forward(x, weight, bias, running_mean, running_var, training, momentum=0.1, eps=1e-5,
+                       activation="identity", negative_slope=0.01):
     """Returns (y, save_mean, save_invstd). training: the batch's statistics, and running_mean /
     running_var (when given) updated in place as PyTorch: running = (1 - momentum) running + momentum stat,
-    with the unbiased variance var * n/(n-1). Otherwise the running statistics."""
+    with the unbiased variance var * n/(n-1). Otherwise the running statistics. y = activation(z), z the
+    normalised x."""
     axes = (0,) + tuple(range(2, x.ndim))
     n = math.prod(x.shape[a] for a in axes)
     if training:
@@ -444,21 +446,30 @@ def batch_norm_forward(x, weight, bias, running_mean, running_var, training, mom
             raise ValueError("batch_norm_forward: evaluation needs running_mean and running_var")
         mean, var = running_mean.copy(), running_var.copy()
     invstd = 1 / np.sqrt(var + eps)
-    y = (x - _per_channel(mean, x.ndim)) * _per_channel(invstd, x.ndim)
+    z = _batch_normalized(x, weight, bias, mean, invstd)
+    return activation_forward(z, activation, negative_slope), mean, invstd
+
+
+def _batch_normalized(x, weight, bias, mean, invstd):
+    z = (x - _per_channel(mean, x.ndim)) * _per_channel(invstd, x.ndim)
     if weight is not None:
-        y = y * _per_channel(weight, x.ndim)
+        z = z * _per_channel(weight, x.ndim)
     if bias is not None:
-        y = y + _per_channel(bias, x.ndim)
-    return y, mean, invstd
+        z = z + _per_channel(bias, x.ndim)
+    return z
 
 
 def batch_norm_backward(grad_y, x, weight, save_mean, save_invstd, training, need_grad_x=True, grad_weight=None,
-                        grad_bias=None):
+                        grad_bias=None, y=None, bias=None, activation="identity", negative_slope=0.01):
     """Returns (grad_x or None, grad_weight or None, grad_bias or None). training: through the batch
     statistics (above); otherwise they are constants and grad_x = grad_y * w * invstd. Given gradients
-    are accumulated into; without them they are None when weight is None."""
+    are accumulated into; without them they are None when weight is None. With an activation, grad_y is
+    its output's gradient: the chain rule through it first (z recomputed with the forward's bias)."""
     axes = (0,) + tuple(range(2, x.ndim))
     n = math.prod(x.shape[a] for a in axes)
+    if activation != "identity":
+        z = _batch_normalized(x, weight, bias, save_mean, save_invstd)
+        grad_y = activation_backward(grad_y, z, y, activation, negative_slope)
     invstd = _per_channel(save_invstd, x.ndim)
     xhat = (x - _per_channel(save_mean, x.ndim)) * invstd
     sum_dy, sum_dy_xhat = grad_y.sum(axis=axes), (grad_y * xhat).sum(axis=axes)

@@ -452,6 +452,34 @@ def norm_cases():
                         make_bwd, run_bwd, BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_backward",
                         cuda=run_bwd_cuda, cuda_shapes=CUDA_BATCH_NORM_SHAPES))
 
+    # an activation after the normalisation, in the same pass (Sequential's BatchNorm + activation): relu and a
+    # leaky relu of negative slope (whose derivative needs z, recomputed from x, not y), sigmoid (from y), gelu
+    for act, slope in (("relu", 0.01), ("leaky_relu", -0.3), ("sigmoid", 0.01), ("gelu_tanh", 0.01)):
+        def run_act(mod, x, w, b, rm, rv, act=act, slope=slope):
+            return mod.batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5, activation=act, negative_slope=slope)
+
+        def run_act_cuda(tf, x, w, b, rm, rv, act=act, slope=slope):
+            return _C.cuda_batch_norm_forward(x, w, b, rm, rv, True, 0.1, 1e-5, activation=act, negative_slope=slope)
+        cases.append(Op(f"batch_norm_forward_{act}", lambda rng, s: bn_make(rng, s, True, True), run_act,
+                        BATCH_NORM_SHAPES, k=bn_values, covers="batch_norm_forward", cuda=run_act_cuda,
+                        cuda_shapes=CUDA_BATCH_NORM_SHAPES))
+
+        def make_act_bwd(rng, s, act=act, slope=slope):
+            x, w, b, rm, rv = bn_make(rng, s, True, True)
+            y, mean, invstd = reference.batch_norm_forward(x, w, b, rm, rv, True, activation=act, negative_slope=slope)
+            dy = normal(rng, *s, scale=bn_values(s) ** -0.5)
+            return dy, x, y, w, b, mean, invstd
+
+        def run_act_bwd(mod, dy, x, y, w, b, mean, invstd, act=act, slope=slope):
+            return mod.batch_norm_backward(dy, x, w, mean, invstd, True, y=y, bias=b, activation=act,
+                                           negative_slope=slope)
+
+        def run_act_bwd_cuda(tf, dy, x, y, w, b, mean, invstd, act=act, slope=slope):
+            return _C.cuda_batch_norm_backward(dy, x, w, mean, invstd, True, y=y, bias=b, activation=act,
+                                               negative_slope=slope)
+        cases.append(Op(f"batch_norm_backward_{act}", make_act_bwd, run_act_bwd, BATCH_NORM_SHAPES, k=bn_values,
+                        covers="batch_norm_backward", cuda=run_act_bwd_cuda, cuda_shapes=CUDA_BATCH_NORM_SHAPES))
+
     for axes, (weight, bias) in itertools.product([1, 2], [(True, True), (False, False), (True, False)]):
         def normalized(x, axes=axes):
             return x.shape[-1] if axes == 1 else x.shape[-axes:]  # an int for one axis, as torch allows

@@ -8,9 +8,9 @@ method of its own:
 - a loss: ``loss_fn._native_form()`` -> ``(kind, reduction, label_smoothing)`` or None;
 - an optimizer: ``optimizer._native_form()`` -> ``NativeOptimizer`` or None.
 
-A plan is a chain of segments. A segment is one layer whose kind opens a segment (Linear: the GEMM)
-and, optionally, one layer whose kind the opener's epilogue applies (an elementwise activation, applied
-while the GEMM's output tiles are in cache). A new layer type with a native form describes itself in its
+A plan is a chain of segments. A segment is one layer whose kind opens a segment (Linear, Conv2d: the
+GEMM; BatchNorm: the normalisation's pass over the data) and, optionally, one layer whose kind the opener's
+epilogue applies (an elementwise activation, applied while the output is in cache). A new layer type with a native form describes itself in its
 own ``native_layer()`` and registers its kind in ``SEGMENT_OPENERS`` or ``EPILOGUES`` below, and in
 ``PLAN_KINDS`` once the native plan (csrc/plan) runs it.
 """
@@ -45,7 +45,7 @@ class NativeOptimizer(NamedTuple):
 # Registration: the kinds of NativeLayer that open a segment (their epilogue can apply an activation: the
 # per-layer path runs such a pair as one call), the kinds applied in an epilogue, and, of these, the kinds
 # the native whole-step plans take (a model with any other trains layer by layer).
-SEGMENT_OPENERS = {"linear", "conv2d"}
+SEGMENT_OPENERS = {"linear", "conv2d", "batch_norm"}
 EPILOGUES = {"activation"}
 PLAN_KINDS = {"linear", "activation"}
 

@@ -7,9 +7,12 @@ import numpy as np
 
 from .. import functional as F
 from .._arrays import Parameter, as_input, float_dtype
+from ..engine.protocol import NativeLayer
 from .module import Module, cpu_only
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm"]
+
+_IDENTITY = {"activation": "identity", "negative_slope": 0.01}
 
 
 def _positive_int(value, name):
@@ -72,7 +75,32 @@ class _BatchNorm(_Normalization):
             self.running_var.fill(1)
             self.num_batches_tracked.fill(0)
 
+    def native_layer(self):
+        """A segment opener: the activation after it is applied in the same pass over the data (Sequential
+        runs BatchNorm + ReLU as one call each way). The native whole-step plans do not take it: a model with
+        it trains layer by layer."""
+        if type(self) not in (BatchNorm1d, BatchNorm2d):  # a subclass may compute something else
+            return None
+        params = (self.weight, self.bias) if self.affine else ()
+        settings = dict(num_features=self.num_features, eps=self.eps, momentum=self.momentum, affine=self.affine,
+                        track_running_stats=self.track_running_stats)
+        return NativeLayer("batch_norm", self, params, settings, keeps=("input", "output"))
+
     def forward(self, x):
+        x, y, mean, invstd, batch_stats = self._normalize(x, _IDENTITY)
+        return self._keep(y, (x, mean, invstd, batch_stats))
+
+    def _forward_epilogue(self, x, act):
+        """forward with the activation act ({activation, negative_slope}) applied in the same pass (Sequential
+        runs BatchNorm + activation so): (y, what _backward_epilogue needs)."""
+        x, y, mean, invstd, batch_stats = self._normalize(x, act)
+        return y, (x, y, mean, invstd, batch_stats, act)
+
+    def _backward_epilogue(self, grad_out, saved, need_input_grad: bool):
+        x, y, mean, invstd, batch_stats, act = saved
+        return self._normalize_backward(grad_out, x, y, mean, invstd, batch_stats, act, need_input_grad)
+
+    def _normalize(self, x, act):
         cpu_only(self, "forward")
         x = as_input(x, self._dtype, "x")
         if x.ndim not in self._input_ndims:
@@ -89,24 +117,30 @@ class _BatchNorm(_Normalization):
             x, self.weight.data if self.affine else None, self.bias.data if self.affine else None,
             self.running_mean if self.track_running_stats else None,
             self.running_var if self.track_running_stats else None, batch_stats, 0.0 if momentum is None else momentum,
-            self.eps)
+            self.eps, act["activation"], act["negative_slope"])
         if self.training and self.track_running_stats:
             self.num_batches_tracked += 1  # after the kernel: a refused input changes nothing
-        return self._keep(y, (x, mean, invstd, batch_stats))
+        return x, y, mean, invstd, batch_stats
 
     def backward(self, grad_out):
         return self._backward(grad_out, True)
 
     def _backward(self, grad_out, need_input_grad: bool = True, done=None):
         x, mean, invstd, batch_stats = self._take(grad_out)
+        grad_x = self._normalize_backward(grad_out, x, None, mean, invstd, batch_stats, _IDENTITY, need_input_grad)
+        self._used(done)
+        return grad_x
+
+    def _normalize_backward(self, grad_out, x, y, mean, invstd, batch_stats, act, need_input_grad):
         grad_out = as_input(grad_out, x.dtype, "grad_out")
         if grad_out.shape != x.shape:
             raise ValueError(f"grad_out must have shape {x.shape}, got {grad_out.shape}")
         grad_x, _, _ = F.batch_norm_backward(grad_out, x, self.weight.data if self.affine else None, mean, invstd,
                                              batch_stats, need_grad_x=need_input_grad,
                                              grad_weight=self.weight.grad if self.affine else None,
-                                             grad_bias=self.bias.grad if self.affine else None)
-        self._used(done)
+                                             grad_bias=self.bias.grad if self.affine else None, y=y,
+                                             bias=self.bias.data if self.affine else None,
+                                             activation=act["activation"], negative_slope=act["negative_slope"])
         return grad_x
 
     def extra_repr(self):

@@ -1,0 +1,11 @@
+// The normalisation kernels compiled for AVX2 (-mavx2), with -ffp-contract=off so that they compute the
+// baseline's bits; called only after core/cpu_features.cpp has found the instruction set.
+#define FUSEPROP_SIMD_NS avx2
+#include "ops/norm_simd.h"
+#include "ops/norm_kernels.h"
+
+namespace fuseprop {
+
+extern const NormKernels<float> norm_kernels_avx2 = FUSEPROP_NORM_KERNELS(avx2, float);
+
+}  // namespace fuseprop

@@ -15,6 +15,7 @@ void bind_losses(pybind11::module_& m);        // bind_losses.cpp
 void bind_optim(pybind11::module_& m);         // bind_optim.cpp
 void bind_plan(pybind11::module_& m);          // bind_plan.cpp
 void bind_norm(pybind11::module_& m);          // bind_norm.cpp
+void bind_recurrent(pybind11::module_& m);     // bind_recurrent.cpp (rnn, lstm, gru)
 #if FUSEPROP_CUDA_COMPILED
 void bind_device_array(pybind11::module_& m);  // device_array.cpp
 void bind_dlpack(pybind11::module_& m);        // dlpack.cpp

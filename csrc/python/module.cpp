@@ -25,6 +25,7 @@ PYBIND11_MODULE(_C, m) {
   bind_losses(m);
   bind_optim(m);
   bind_norm(m);
+  bind_recurrent(m);
 #if FUSEPROP_CUDA_COMPILED
   bind_fused_mlp(m);
   bind_gather(m);

@@ -105,6 +105,21 @@ def layer_norm_backward(grad_y: np.ndarray, x: np.ndarray, normalized_shape: Seq
                         grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
                         ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
 
+# recurrent layers (bind_recurrent.cpp), one layer, one direction, batch-first: cell "rnn" | "lstm" | "gru";
+# x (B,T,I), T >= 1; h0, c0 (B,H) or None (c0: lstm only); w_ih (G*H,I), w_hh (G*H,H), b_ih, b_hh (G*H,) or both None
+# -> (y (B,T,H), h_n (B,H), c_n (B,H) | None, saved: the backward's record, 1-D)
+def recurrent_forward(cell: str, x: np.ndarray, h0: Optional[np.ndarray], c0: Optional[np.ndarray], w_ih: np.ndarray,
+                      w_hh: np.ndarray, b_ih: Optional[np.ndarray], b_hh: Optional[np.ndarray],
+                      nonlinearity: str = "tanh") -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]: ...
+# grad_y (B,T,H), grad_h_n, grad_c_n (B,H) or None; y, saved: the forward's; bptt_steps 0 (full) or k (truncated)
+# -> (grad_x, grad_h0, grad_c0 | None, grad_w_ih, grad_w_hh, grad_b_ih | None, grad_b_hh | None), new arrays
+def recurrent_backward(cell: str, grad_y: Optional[np.ndarray], grad_h_n: Optional[np.ndarray],
+                       grad_c_n: Optional[np.ndarray], x: np.ndarray, h0: Optional[np.ndarray], c0: Optional[np.ndarray],
+                       w_ih: np.ndarray, w_hh: np.ndarray, b_hh: Optional[np.ndarray], y: np.ndarray, saved: np.ndarray,
+                       nonlinearity: str = "tanh", bptt_steps: int = 0
+                       ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray,
+                                  Optional[np.ndarray], Optional[np.ndarray]]: ...
+
 # The whole training step of a chain of Linear(+activation) layers, on the model's own arrays (kept alive).
 # layers: [(activation, negative_slope, has_bias)] per Linear; params: [(name, data, grad, state_a, state_b,
 # group)] per parameter, each layer's weight (OUT,IN) then its bias (OUT,); state_a: SGD momentum_buffer or

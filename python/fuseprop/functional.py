@@ -246,6 +246,44 @@ def layer_norm_backward(grad_y, x, normalized_shape, weight, mean, rstd, need_gr
                                   grad_weight, grad_bias)
 
 
+
+# -- recurrent layers: one layer, one direction, batch-first, through time ---------------------------------------
+
+def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
+    """(y, h_n, c_n, saved) of one recurrent layer over a batch of sequences, PyTorch's cells and gate order.
+
+    cell "rnn" (nonlinearity "tanh" or "relu"), "lstm" or "gru"; G = 1, 4 (input, forget, cell, output) or
+    3 (reset, update, new) gates per hidden unit. x (B,T,I), T >= 1; h0 (B,H) or None (zeros); c0 (B,H) or None,
+    lstm only; w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,) or both None.
+    rnn  h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)
+    lstm i, f, g, o = sig, sig, tanh, sig of the G*H pre-activations; c_t = f c_{t-1} + i g; h_t = o tanh(c_t)
+    gru  r, z = sig(...); n = tanh(W_in x_t + b_in + r (W_hn h_{t-1} + b_hn)); h_t = (1 - z) n + z h_{t-1}
+    y (B,T,H) holds every h_t, h_n (B,H) the last; c_n (B,H) the last c_t (lstm; None otherwise). saved is
+    the record recurrent_backward needs (an opaque 1-D array, kept with y).
+    """
+    return _C.recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+
+
+def recurrent_backward(cell, grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, b_hh, y, saved, nonlinearity="tanh",
+                       bptt_steps=0):
+    """(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh) of recurrent_forward: backpropagation
+    through time, as new arrays.
+
+    grad_y (B,T,H) or None (zeros: only the final state has a gradient); grad_h_n (B,H) or None; grad_c_n (B,H)
+    or None, lstm only. The other arguments are the forward's, with its y and saved (a saved from another
+    forward, or a y changed in place since, is refused). grad_c0 is None but for lstm; grad_b_* are None
+    without biases; grad_h0 (and grad_c0) are the gradients of the initial state, zeros or given.
+    bptt_steps k > 0 truncates the backpropagation as a PyTorch loop over chunks [0, k), [k, 2k), ... that
+    detaches the carried state between them: no gradient flows from step t into h_{t-1} (nor c_{t-1}) when
+    t > 0 is a multiple of k, so grad_h0 and grad_c0 come from the first chunk alone, grad_h_n and grad_c_n
+    reach the last chunk alone, and every step still adds its own terms to grad_x and the weight gradients.
+    bptt_steps 0: full backpropagation through time.
+    """
+    if isinstance(bptt_steps, np.integer):
+        bptt_steps = int(bptt_steps)
+    return _C.recurrent_backward(cell, grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, b_hh, y, saved,
+                                 nonlinearity, bptt_steps)
+
 # -- torch.nn.functional's names, with PyTorch's arguments and defaults, on NumPy arrays ------------------
 
 TORCH_NAMES = ("relu", "leaky_relu", "sigmoid", "tanh", "gelu", "softmax", "log_softmax", "linear", "cross_entropy",

@@ -531,3 +531,123 @@ def layer_norm_backward(grad_y, x, normalized_shape, weight, mean, rstd, need_gr
     if weight is not None or grad_bias is not None:
         grad_bias = _accumulate(grad_bias, grad_y.sum(axis=lead_axes))
     return grad_x, grad_weight, grad_bias
+
+
+# ---------------------------------------------------------------------------------------------
+# recurrent layers: one layer, one direction, batch-first; PyTorch's cells and gate order. The saved record is a
+# tuple of arrays here (the native one is one array in its own layout): each module's backward takes its own's.
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _recurrent_check(cell, nonlinearity, x, c0, grad_c_n=None):
+    if cell not in _GATES:
+        raise ValueError(f"cell must be 'rnn', 'lstm' or 'gru', got {cell!r}")
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    if cell != "rnn" and nonlinearity != "tanh":
+        raise ValueError(f"nonlinearity 'relu' is for cell 'rnn' only: cell {cell!r} has fixed gate nonlinearities")
+    if cell != "lstm" and (c0 is not None or grad_c_n is not None):
+        raise ValueError(f"c0 and grad_c_n are for cell 'lstm' only: they must be None for cell {cell!r}")
+    if x.ndim != 3 or x.shape[1] == 0:
+        raise ValueError(f"x must have at least one time step (B, T, I) with T >= 1, got shape {x.shape}")
+
+
+def recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity="tanh"):
+    """(y, h_n, c_n, saved): see fuseprop.functional.recurrent_forward. saved = (hs, acts, cs): hs (T+1,B,H) holds
+    h0 and every step's h; acts the gates after their nonlinearities (lstm (T,B,4H): i, f, g, o; gru (T,B,4H): r, z,
+    n and hn = W_hn h + b_hn; rnn: None); cs (T+1,B,H) the lstm's cell states (None otherwise)."""
+    _recurrent_check(cell, nonlinearity, x, c0)
+    B, T, _ = x.shape
+    H = w_hh.shape[1]
+    zeros = np.zeros((B, H), x.dtype)
+    h = zeros if h0 is None else h0
+    c = zeros if c0 is None else c0
+    hs, cs, acts = [h], [c], []
+    for t in range(T):
+        gi = x[:, t] @ w_ih.T + (0 if b_ih is None else b_ih)  # the input's part of every gate
+        gh = h @ w_hh.T + (0 if b_hh is None else b_hh)  # the hidden state's part
+        if cell == "rnn":
+            h = np.tanh(gi + gh) if nonlinearity == "tanh" else np.maximum(gi + gh, 0)
+        elif cell == "lstm":
+            p = gi + gh
+            i, f, g, o = _sigmoid(p[:, :H]), _sigmoid(p[:, H:2 * H]), np.tanh(p[:, 2 * H:3 * H]), _sigmoid(p[:, 3 * H:])
+            c = f * c + i * g
+            h = o * np.tanh(c)
+            acts.append(np.concatenate([i, f, g, o], axis=1))
+            cs.append(c)
+        else:  # gru
+            r = _sigmoid(gi[:, :H] + gh[:, :H])
+            z = _sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
+            hn = gh[:, 2 * H:]  # W_hn h + b_hn: r scales it
+            n = np.tanh(gi[:, 2 * H:] + r * hn)
+            h = (1 - z) * n + z * h
+            acts.append(np.concatenate([r, z, n, hn], axis=1))
+        hs.append(h)
+    y = np.stack(hs[1:], axis=1)
+    saved = (np.stack(hs), np.stack(acts) if acts else None, np.stack(cs) if cell == "lstm" else None)
+    return y, h.copy(), c.copy() if cell == "lstm" else None, saved
+
+
+def recurrent_backward(cell, grad_y, grad_h_n, grad_c_n, x, h0, c0, w_ih, w_hh, b_hh, y, saved, nonlinearity="tanh",
+                       bptt_steps=0):
+    """(grad_x, grad_h0, grad_c0, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh): see
+    fuseprop.functional.recurrent_backward. Backpropagation through time from the last step to the first: at each
+    step the gradient reaching h_t (and c_t) gives the gradients of the gates' pre-activations, from which every
+    step adds its terms to the weights' and x_t's gradients and passes the rest back to h_{t-1} (and c_{t-1}),
+    except across a cut of the truncated form (t > 0 a multiple of bptt_steps)."""
+    _recurrent_check(cell, nonlinearity, x, c0, grad_c_n)
+    if isinstance(bptt_steps, (bool, np.bool_)) or not isinstance(bptt_steps, (int, np.integer)) or bptt_steps < 0:
+        raise ValueError(f"bptt_steps must be an int >= 0 (0: full backpropagation through time), got {bptt_steps!r}")
+    hs, acts, cs = saved
+    if not np.array_equal(y[:, -1], hs[-1], equal_nan=True):
+        raise ValueError("saved is not the record of the forward that returned y (their last steps differ)")
+    B, T, _ = x.shape
+    H = w_hh.shape[1]
+    dtype = x.dtype
+    grad_x = np.zeros_like(x)
+    grad_w_ih, grad_w_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    grad_b_ih = grad_b_hh = None
+    if b_hh is not None:
+        grad_b_ih, grad_b_hh = np.zeros(w_ih.shape[0], dtype), np.zeros(w_hh.shape[0], dtype)
+    dh = np.zeros((B, H), dtype) if grad_h_n is None else grad_h_n.copy()  # reaching h_t from later steps
+    dc = np.zeros((B, H), dtype) if grad_c_n is None else grad_c_n.copy()  # reaching c_t (lstm)
+    for t in reversed(range(T)):
+        if grad_y is not None:
+            dh = dh + grad_y[:, t]
+        h_prev, a = hs[t], None if acts is None else acts[t]
+        if cell == "rnn":
+            h = hs[t + 1]
+            dp = dh * (1 - h * h) if nonlinearity == "tanh" else dh * (h > 0)  # tanh' = 1 - tanh^2; relu' = [h > 0]
+            dgi = dgh = dp
+            dh_direct = 0
+        elif cell == "lstm":
+            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            tanh_c = np.tanh(cs[t + 1])
+            dc = dc + dh * o * (1 - tanh_c ** 2)  # h = o tanh(c)
+            do = dh * tanh_c
+            di, df, dg = dc * g, dc * cs[t], dc * i  # c = f c_prev + i g
+            dgi = dgh = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], axis=1)
+            dc = dc * f  # reaching c_{t-1}
+            dh_direct = 0
+        else:  # gru
+            r, z, n, hn = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            dn = dh * (1 - z)  # h = (1 - z) n + z h_prev
+            dz = dh * (h_prev - n)
+            dpn = dn * (1 - n * n)  # n = tanh(W_in x + b_in + r hn)
+            dr = dpn * hn
+            dpr, dpz = dr * r * (1 - r), dz * z * (1 - z)
+            dgi = np.concatenate([dpr, dpz, dpn], axis=1)  # input side: n's pre-activation
+            dgh = np.concatenate([dpr, dpz, dpn * r], axis=1)  # hidden side: hn = W_hn h + b_hn, scaled by r
+            dh_direct = dh * z
+        grad_x[:, t] = dgi @ w_ih
+        grad_w_ih += dgi.T @ x[:, t]
+        grad_w_hh += dgh.T @ h_prev
+        if b_hh is not None:
+            grad_b_ih += dgi.sum(axis=0)
+            grad_b_hh += dgh.sum(axis=0)
+        dh = dgh @ w_hh + dh_direct  # reaching h_{t-1}
+        if bptt_steps and t > 0 and t % bptt_steps == 0:  # the carried state was detached before step t
+            dh = np.zeros_like(dh)
+            dc = np.zeros_like(dc)
+    return (grad_x, dh, dc if cell == "lstm" else None, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh)

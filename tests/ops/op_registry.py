@@ -527,6 +527,62 @@ def norm_cases():
     return cases
 
 
+# recurrent layers. (B, T, I, H): odd sizes, H not a multiple of 8, B = 1 and T = 1, a batch of two strips (B > 12,
+# the second of one row) and an empty batch. Each step sums over I + H inputs and carries the state on, so the
+# forward's outputs reduce over T (I + H); the backward's weight gradients also sum over every row and step.
+RECURRENT_SHAPES = [(3, 5, 7, 9), (1, 1, 4, 5), (13, 4, 5, 3), (0, 3, 2, 4)]
+RECURRENT_CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
+
+
+def recurrent_cases(cell, nonlinearity):
+    g = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+
+    def make(rng, s, bias, states):
+        b, t, i, h = s
+        return (normal(rng, b, t, i), normal(rng, b, h) if states else None,
+                normal(rng, b, h) if states and cell == "lstm" else None, normal(rng, g * h, i, scale=(i + h) ** -0.5),
+                normal(rng, g * h, h, scale=(i + h) ** -0.5), normal(rng, g * h, scale=0.3) if bias else None,
+                normal(rng, g * h, scale=0.3) if bias else None)
+
+    def make_bwd(rng, s, bias, states, grad_y):
+        b, t, _, h = s
+        # grad_y scaled so the weight gradients (sums over B*T rows) are O(1), as the sqrt(K) tolerance assumes
+        return make(rng, s, bias, states) + (normal(rng, b, t, h, scale=max(b * t, 1) ** -0.5) if grad_y else None,
+                                             normal(rng, b, h, scale=max(b, 1) ** -0.5),
+                                             normal(rng, b, h, scale=max(b, 1) ** -0.5) if cell == "lstm" else None)
+
+    def run_fwd(mod, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, h_n, c_n, _ = mod.recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+        return y, h_n, c_n  # saved is each module's own record
+
+    def run_bwd(mod, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gy, ghn, gcn, bptt_steps):
+        y, _, _, saved = mod.recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+        return mod.recurrent_backward(cell, gy, ghn, gcn, x, h0, c0, w_ih, w_hh, b_hh, y, saved, nonlinearity,
+                                      bptt_steps)
+
+    def k_fwd(s):  # each step's sum over I + H
+        return s[2] + s[3]
+
+    def k_bwd(s):  # grad_x, grad_h0, grad_c0: each step's sum over its G*H gates; the weights' also over the rows
+        b, t, i, h = s
+        return (g * h,) * 3 + (max(b * t, 1) * g * h,) * 4
+
+    tag = f"{cell}_{nonlinearity}"
+    return [
+        Op(f"recurrent_forward_{tag}_bias_states", lambda rng, s: make(rng, s, True, True), run_fwd, RECURRENT_SHAPES,
+           k=k_fwd, covers="recurrent_forward"),
+        Op(f"recurrent_forward_{tag}_plain", lambda rng, s: make(rng, s, False, False), run_fwd, RECURRENT_SHAPES,
+           k=k_fwd, covers="recurrent_forward"),
+        Op(f"recurrent_backward_{tag}_bptt0", lambda rng, s: make_bwd(rng, s, True, True, True) + (0,), run_bwd,
+           RECURRENT_SHAPES, k=k_bwd, covers="recurrent_backward"),
+        # truncated every 3 steps, without biases or initial states; then with only the final state's gradient
+        Op(f"recurrent_backward_{tag}_bptt3", lambda rng, s: make_bwd(rng, s, False, False, True) + (3,), run_bwd,
+           RECURRENT_SHAPES, k=k_bwd, covers="recurrent_backward"),
+        Op(f"recurrent_backward_{tag}_bptt3_final_state", lambda rng, s: make_bwd(rng, s, True, True, False) + (3,),
+           run_bwd, RECURRENT_SHAPES, k=k_bwd, covers="recurrent_backward"),
+    ]
+
+
 REGISTRY: list[Op] = (
     [matmul_case(ta, tb, c) for ta, tb, c in itertools.product([False, True], [False, True], [False, True])]
     + [matmul_case(ta, tb, False, "C_reference") for ta, tb in itertools.product([False, True], repeat=2)]
@@ -547,6 +603,7 @@ REGISTRY: list[Op] = (
     + loss_cases()
     + optimizer_cases()
     + norm_cases()
+    + [op for cell, nonlinearity in RECURRENT_CELLS for op in recurrent_cases(cell, nonlinearity)]
 )
 
 

@@ -46,8 +46,10 @@ def test_every_case_has_fuseprop_and_numpy_and_known_names():
     names = [s.name for kind in SPECS.values() for s in kind]
     assert len(names) == len(set(names))
     for name in names:
-        # The CNN's peers are PyTorch's (eager and compiled): a NumPy CNN is not what its users compare with.
-        expected = {"fuseprop", "torch"} if name in {s.name for s in SPECS["cnn"]} else {"fuseprop", "numpy"}
+        # The CNN's and the LSTM's peers are PyTorch's (eager and compiled): a NumPy CNN or LSTM is not what their
+        # users compare with.
+        torch_peers = {s.name for s in SPECS["cnn"] + SPECS["lstm"]}
+        expected = {"fuseprop", "torch"} if name in torch_peers else {"fuseprop", "numpy"}
         assert expected <= set(spec_named(name).impls)
         assert re.fullmatch(r"[\w .\-]+", name), name  # what `pytest -k` can select
     with pytest.raises(KeyError, match="no benchmark case"):

@@ -9,7 +9,9 @@ schedule, label smoothing 0.1, batch 128, 20 epochs, inputs scaled to [0, 1] the
 the training set's mean and std. It prints progress, the test accuracy and the throughput, and writes
 a checkpoint and (with matplotlib) the training curves to --out. ``--model cnn`` trains a small
 convolutional network instead (two 3x3 conv / batch norm / ReLU / 2x2 max pool blocks of 32 and 64
-channels, a hidden Linear layer of 128, 8 epochs).
+channels, a hidden Linear layer of 128, 8 epochs). ``--model lstm`` reads each image as a sequence of
+its rows (28 steps of 28 pixels) with one LSTM layer of 128 and a Linear classifier on its last state,
+trained by backpropagation through time (gradients clipped to norm 1).
 
 ``mpirun -n N python -m fuseprop train --distributed ...`` trains data-parallel on N processes
 (fuseprop.distributed): --batch-size stays the global batch, so the run computes what one process
@@ -109,6 +111,12 @@ def build_mlp(sizes, activation: str, dropout: float = 0.0) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def build_lstm(features: int, hidden: int, classes: int, dropout: float = 0.0) -> nn.Sequential:
+    """LSTM(features, hidden) over the sequence, its last state (-> Dropout) -> Linear(classes)."""
+    layers = [nn.LSTM(features, hidden)] + ([nn.Dropout(dropout)] if dropout else [])
+    return nn.Sequential(*layers, nn.Linear(hidden, classes, init="xavier_uniform"))
+
+
 def build_cnn(channels, hidden: int, classes: int, image_shape=(1, 28, 28), dropout: float = 0.0) -> nn.Sequential:
     """Conv 3x3 (padding 1) -> BatchNorm2d -> ReLU -> MaxPool 2x2 per entry of channels, then Flatten,
     Linear(hidden) -> ReLU (-> Dropout) -> Linear(classes)."""
@@ -158,8 +166,10 @@ def _train(args, comm) -> int:
     (x_train, y_train), (x_test, y_test) = load_data(args)
     image_shape = (1,) + x_train.shape[1:] if x_train.ndim == 3 else x_train.shape[1:]
     flat = args.model == "mlp"
-    x_train = x_train.reshape((len(x_train), -1) if flat else (len(x_train),) + image_shape).astype(np.float32) / 255
-    x_test = x_test.reshape((len(x_test), -1) if flat else (len(x_test),) + image_shape).astype(np.float32) / 255
+    # mlp: flat vectors; cnn: (C, H, W) images; lstm: sequences of rows (H steps of C*W values)
+    shape = {"mlp": (-1,), "cnn": image_shape, "lstm": (image_shape[1], image_shape[0] * image_shape[2])}[args.model]
+    x_train = x_train.reshape((len(x_train),) + shape).astype(np.float32) / 255
+    x_test = x_test.reshape((len(x_test),) + shape).astype(np.float32) / 255
     mean, std = float(x_train.mean()), float(x_train.std())
     x_train, x_test = (x_train - mean) / std, (x_test - mean) / std
     load_seconds = time.perf_counter() - start
@@ -169,6 +179,10 @@ def _train(args, comm) -> int:
         sizes = [x_train.shape[1]] + args.hidden + [classes]
         model = build_mlp(sizes, args.activation, args.dropout)
         described = f"network {'-'.join(map(str, sizes))} {args.activation}"
+    elif args.model == "lstm":
+        sizes = {"steps": shape[0], "features": shape[1], "hidden": args.hidden[0] if args.hidden else 128}
+        model = build_lstm(shape[1], sizes["hidden"], classes, args.dropout)
+        described = (f"network lstm {shape[0]} steps x {shape[1]} -> lstm({sizes['hidden']}) last state -> {classes}")
     else:
         sizes = {"channels": args.channels, "hidden": args.hidden[0] if args.hidden else 128}
         model = build_cnn(args.channels, sizes["hidden"], classes, image_shape, args.dropout)
@@ -194,7 +208,8 @@ def _train(args, comm) -> int:
     fit_start = time.perf_counter()
     history = model.fit(x_train, y_train, loss=loss_fn, optimizer=opt, epochs=args.epochs, batch_size=args.batch_size,
                         validation_data=(x_test, y_test) if args.validate else None, callbacks=schedules[args.schedule](),
-                        verbose=args.verbose, seed=args.seed, distributed=ddp or False)
+                        verbose=args.verbose, seed=args.seed, distributed=ddp or False,
+                        clip_grad_norm=args.clip_grad_norm)
     fit_seconds = time.perf_counter() - fit_start
     result = (ddp or model).evaluate(x_test, y_test, loss=loss_fn)
     total = time.perf_counter() - start
@@ -230,7 +245,7 @@ def main(argv=None) -> int:
     p.add_argument("--noise", type=float, default=10.0, help="pixel noise; larger is harder")
     p.add_argument("--seed", type=int, default=0)
 
-    t = sub.add_parser("train", help="train an MLP or a CNN on Fashion-MNIST, MNIST or IDX files")
+    t = sub.add_parser("train", help="train an MLP, a CNN or an LSTM on Fashion-MNIST, MNIST or IDX files")
     t.add_argument("--dataset", choices=_DATASETS, default="fashion-mnist")
     t.add_argument("--data", metavar="DIR", help="folder of the four IDX files (default for fashion-mnist: "
                    "$FUSEPROP_DATA, /usr/share/datasets/fashion-mnist, the user cache)")
@@ -238,9 +253,10 @@ def main(argv=None) -> int:
                    help="fetch Fashion-MNIST from its official source (checksums verified) when it is not found")
     for name in ("train-images", "train-labels", "test-images", "test-labels"):
         t.add_argument(f"--{name}", help="IDX file (optionally .gz), instead of --dataset")
-    t.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+    t.add_argument("--model", choices=["mlp", "cnn", "lstm"], default="mlp",
                    help="mlp: Linear layers of --hidden widths; cnn: a 3x3 conv (batch norm, ReLU, 2x2 max pool) per "
-                   "--channels entry, then one hidden Linear layer of --hidden[0] (default 128)")
+                   "--channels entry, then one hidden Linear layer of --hidden[0] (default 128); lstm: each image a "
+                   "sequence of its rows into an LSTM of --hidden[0] (default 128), a Linear layer on its last state")
     t.add_argument("--hidden", type=int, nargs="*", default=None, help="hidden layer widths (mlp default: 256 128)")
     t.add_argument("--channels", type=int, nargs="+", default=[32, 64], help="cnn: output channels of each conv block")
     t.add_argument("--activation", choices=sorted(_ACTIVATIONS), default="relu")
@@ -248,7 +264,9 @@ def main(argv=None) -> int:
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--schedule", choices=["cosine", "step", "none"], default="cosine",
                    help="cosine: per step down to 0 over the run; step: x0.1 every third of the epochs")
-    t.add_argument("--epochs", type=int, default=None, help="default: 20 (mlp), 8 (cnn)")
+    t.add_argument("--epochs", type=int, default=None, help="default: 20 (mlp), 8 (cnn, lstm)")
+    t.add_argument("--clip-grad-norm", type=float, default=None,
+                   help="clip the gradients to this global norm every step (default: 1 for lstm, none otherwise)")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--weight-decay", type=float, default=1e-4)
     t.add_argument("--label-smoothing", type=float, default=0.1)
@@ -277,6 +295,8 @@ def main(argv=None) -> int:
             args.hidden = [256, 128] if args.model == "mlp" else [128]
         if args.epochs is None:
             args.epochs = 20 if args.model == "mlp" else 8
+        if args.clip_grad_norm is None and args.model == "lstm":
+            args.clip_grad_norm = 1.0
     return demo(args) if args.command == "demo" else train(args)
 
 

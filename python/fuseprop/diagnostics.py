@@ -8,7 +8,8 @@ import zlib
 
 import numpy as np
 
-__all__ = ["GradientWarning", "saliency", "saliency_image", "save_saliency_png", "plot_history"]
+__all__ = ["GradientWarning", "saliency", "gradient_through_time", "saliency_image", "save_saliency_png",
+           "plot_history"]
 
 
 class GradientWarning(RuntimeWarning):
@@ -36,6 +37,30 @@ def saliency(model, x, target_class) -> np.ndarray:
         for p, g in zip(params, kept):
             np.copyto(p.grad, g)
     return grad.reshape(x.shape)
+
+
+def gradient_through_time(model, x, y, loss_fn, time_axis: int = 1) -> np.ndarray:
+    """How much of the loss's gradient reaches each time step of a sequence input: (T,), the L2 norm over the
+    batch and the features of d loss / d x[:, t] (time_axis 1: batch-first (B, T, I); 0 for (T, B, I)).
+
+    This is where backpropagation through time shows its vanishing and exploding gradients: for a model that
+    reads the sequence and is judged at its end, the norms fall (vanish) or grow (explode) geometrically from
+    the last step back to the first. Runs the model in its current mode; the parameters' gradients are left
+    as they were."""
+    x = np.asarray(x)
+    if x.ndim != 3 or time_axis not in (0, 1):
+        raise ValueError(f"x must be a 3-D sequence batch and time_axis 0 or 1, got shape {x.shape}, time_axis "
+                         f"{time_axis!r}")
+    params = model.parameters()
+    kept = [p.grad.copy() for p in params]
+    try:
+        loss_fn(model(x), y)
+        grad = np.asarray(model.backward(loss_fn.backward()), dtype=np.float64)
+    finally:
+        for p, g in zip(params, kept):
+            np.copyto(p.grad, g)
+    other = (1, 2) if time_axis == 0 else (0, 2)
+    return np.sqrt((grad * grad).sum(axis=other))
 
 
 def saliency_image(saliency_map, image_shape=(28, 28)) -> np.ndarray:

@@ -13,7 +13,11 @@ checked by ``onnx.checker`` (full check, shape inference included) before it is 
   (approximate "none" or "tanh"), Softmax / LogSoftmax -> Softmax / LogSoftmax (axis -1), Conv2d -> Conv,
   MaxPool2d -> MaxPool, AvgPool2d -> AveragePool (count_include_pad), Flatten(1, -1) -> Flatten(axis 1),
   BatchNorm1d/2d -> BatchNormalization (the running statistics: eval mode), LayerNorm -> LayerNormalization,
-  nested Sequentials flattened.
+  RNN / LSTM / GRU -> one RNN / LSTM / GRU node per layer (time-major, so a batch-first layer is wrapped in
+  Transposes; the gate blocks reordered to ONNX's: LSTM i, o, f, c; GRU z, r, h with linear_before_reset=1,
+  which is torch's GRU; weights W_l{k}, R_l{k}, B_l{k}), its output the whole sequence (return_sequences) or
+  the last state; a model that starts with one takes ("batch", "steps", input_size) (batch_first) or
+  ("steps", "batch", input_size); nested Sequentials flattened.
 
 float64 and onnxruntime (1.32): it has no float64 LeakyRelu kernel, so in a float64 model LeakyReLU is
 written as Where(x < 0, x * alpha, x), exactly the same function; it has no float64 Erf or exact Gelu
@@ -39,7 +43,7 @@ IR_VERSION = 9  # the IR version of opset 20: runtimes that read opset 20 read i
 _ELEM_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE}
 _ELEMENTWISE = {nn.Identity: "Identity", nn.ReLU: "Relu", nn.Sigmoid: "Sigmoid", nn.Tanh: "Tanh"}
 _SUPPORTED = ("Sequential, Linear, Conv2d, MaxPool2d, AvgPool2d, Flatten, BatchNorm1d, BatchNorm2d, LayerNorm, "
-              "Identity, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, Dropout")
+              "RNN, LSTM, GRU, Identity, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, LogSoftmax, Dropout")
 
 
 class _Graph:
@@ -55,6 +59,7 @@ class _Graph:
         self.flat = False  # the current tensor is (N, features): after a Linear or a Flatten
         self.in_channels = None  # a 4-D input's channels, where the first layer fixes them
         self.channels = None
+        self.batch_first = True  # a sequence input's layout (N, T, features), else (T, N, features)
 
     def node(self, op: str, path: str, extra_inputs=(), **attrs):
         out = f"{path}/{op}"
@@ -63,6 +68,10 @@ class _Graph:
 
     def constant(self, name: str, value) -> str:
         self.initializers.append(numpy_helper.from_array(np.asarray(value, self.dtype), name))
+        return name
+
+    def int64(self, name: str, value) -> str:
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, np.int64), name))
         return name
 
 
@@ -149,9 +158,61 @@ def _add(graph: _Graph, m, path: str):
         if "bias" in state:
             inputs.append(graph.constant(key("bias"), state["bias"]))
         graph.node("LayerNormalization", path or "layernorm", inputs, axis=-len(m.normalized_shape), epsilon=m.eps)
+    elif kind in (nn.RNN, nn.LSTM, nn.GRU):
+        _recurrent(graph, m, path, where)
     else:
         raise TypeError(f"fuseprop.onnx.export: {where} is a {kind.__module__}.{kind.__qualname__}, which has no "
                         f"ONNX form here (supported: {_SUPPORTED})")
+
+
+# ONNX's gate blocks as torch's blocks: LSTM i, o, f, c from torch's i, f, g, o; GRU z, r, h from torch's r, z, n
+# (with linear_before_reset=1, torch's GRU: r multiplies W_hn h + b_hn); RNN one block.
+_GATE_ORDER = {nn.RNN: [0], nn.LSTM: [0, 3, 1, 2], nn.GRU: [1, 0, 2]}
+
+
+def _recurrent(graph: _Graph, m, path: str, where: str):
+    """One ONNX RNN / LSTM / GRU node per layer, on the time-major sequence (layout 0: onnxruntime's), the
+    weights' gate blocks in ONNX's order; the output transposed back to batch-first, or the last state."""
+    name = type(m).__name__
+    if graph.flat or graph.rank == 4:
+        raise ValueError(f"{where} ({name}) takes a sequence (N, T, features), the layer before it gives another form")
+    if graph.rank is None:
+        graph.rank, graph.in_features = 3, m.input_size
+        graph.batch_first = m.batch_first
+    key = (lambda n: f"{path}.{n}" if path else n)
+    base = path or name.lower()
+    if m.batch_first:
+        graph.node("Transpose", base + "/in", perm=[1, 0, 2])  # (T, N, I)
+    state, H, order = m.state_dict(), m.hidden_size, _GATE_ORDER[type(m)]
+
+    def blocks(a):  # rows in ONNX's gate order, with the directions axis in front
+        return np.concatenate([a[g * H:(g + 1) * H] for g in order])[None]
+    for k in range(m.num_layers):
+        inputs = [graph.constant(key(f"W_l{k}"), blocks(state[f"weight_ih_l{k}"])),
+                  graph.constant(key(f"R_l{k}"), blocks(state[f"weight_hh_l{k}"]))]
+        if m.bias:
+            inputs.append(graph.constant(key(f"B_l{k}"), np.concatenate(
+                [blocks(state[f"bias_ih_l{k}"]), blocks(state[f"bias_hh_l{k}"])], axis=1)))
+        attrs = dict(hidden_size=H)
+        if type(m) is nn.RNN:
+            attrs["activations"] = ["Tanh" if m.nonlinearity == "tanh" else "Relu"]
+        if type(m) is nn.GRU:
+            attrs["linear_before_reset"] = 1
+        op, layer = {nn.RNN: "RNN", nn.LSTM: "LSTM", nn.GRU: "GRU"}[type(m)], f"{base}/l{k}"
+        y, y_h = f"{layer}/Y", f"{layer}/Y_h"
+        graph.nodes.append(helper.make_node(op, [graph.current, *inputs], [y, y_h], name=f"{layer}/{op}", **attrs))
+        if k + 1 < m.num_layers or m.return_sequences:  # Y (T, 1, N, H) -> (T, N, H)
+            graph.current = y
+            graph.node("Squeeze", f"{layer}/seq", [graph.int64(f"{layer}/axis", [1])])
+    if m.return_sequences:
+        if m.batch_first:
+            graph.node("Transpose", base + "/out", perm=[1, 0, 2])
+        graph.flat = False
+    else:  # the last layer's final state Y_h (1, N, H) -> (N, H)
+        graph.current = y_h
+        graph.node("Squeeze", base + "/last", [graph.int64(base + "/axis", [0])])
+        graph.flat = True
+    graph.features = H
 
 
 def _spatial_input(graph: _Graph, channels, where: str, name: str):
@@ -181,6 +242,10 @@ def to_onnx(model, *, input_features: int | None = None, dtype=None) -> onnx.Mod
     if graph.rank == 4:
         in_shape = ["batch", graph.in_channels or "channels", "height", "width"]
         out_shape = ["batch", graph.features] if graph.features else None  # after Flatten and Linear; else inferred
+    elif graph.rank == 3:
+        in_shape = ["batch", "steps", graph.in_features] if graph.batch_first else ["steps", "batch", graph.in_features]
+        seq = ["batch", "steps"] if graph.batch_first else ["steps", "batch"]
+        out_shape = ["batch", graph.features] if graph.flat else seq + [graph.features]  # a last state, or the sequence
     else:
         in_features = graph.in_features or input_features or "features"
         in_shape, out_shape = ["batch", in_features], ["batch", graph.features or in_features]

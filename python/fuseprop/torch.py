@@ -10,7 +10,9 @@
   fuseprop network trains inside a larger PyTorch model (see its docstring for the rules).
 
 The twins, both ways: Sequential (nested too), Linear, Conv2d (groups 1, zero padding), BatchNorm1d,
-BatchNorm2d, LayerNorm (parameters and buffers), MaxPool2d, AvgPool2d, Flatten, Identity, ReLU, LeakyReLU,
+BatchNorm2d, LayerNorm (parameters and buffers), RNN, LSTM and GRU (one direction, no dropout or projection;
+their torch twins are subclasses of torch.nn.RNN / LSTM / GRU, with the same keys, whose forward returns the
+whole output or its last step as ours does: return_sequences), MaxPool2d, AvgPool2d, Flatten, Identity, ReLU, LeakyReLU,
 Sigmoid, Tanh, GELU ("none" or "tanh"), Softmax and LogSoftmax (over the last axis of a 2-D input: dim -1
 or 1), Dropout.
 Anything else (a subclass included: it may compute something else) raises TypeError naming the module.
@@ -92,11 +94,64 @@ _STATEFUL = [
      lambda t, dtype, gen: nn.LayerNorm(t.normalized_shape, eps=t.eps, elementwise_affine=t.elementwise_affine,
                                         bias=t.bias is not None or not t.elementwise_affine, dtype=dtype)),
 ]
+
+
+# The recurrent layers. torch.nn.RNN / LSTM / GRU return (output, state), which no torch.nn.Sequential can pass
+# on; their twins are subclasses (the same parameters and state-dict keys) whose forward returns what ours
+# returns: the whole output with return_sequences, else its last step (the last layer's final state).
+def _recurrent_twin(base):
+    class Twin(base):
+        def __init__(self, *args, return_sequences: bool = False, device=None, **kwargs):  # device: skip_init's
+            super().__init__(*args, device=device, **kwargs)
+            self.return_sequences = return_sequences
+
+        def forward(self, x, hx=None):
+            out, _ = super().forward(x, hx)
+            if self.return_sequences:
+                return out
+            return out[:, -1] if self.batch_first else out[-1]
+
+    Twin.__name__ = Twin.__qualname__ = base.__name__
+    Twin.__module__ = __name__
+    return Twin
+
+
+_RECURRENT_TWINS = {nn.RNN: _recurrent_twin(torch.nn.RNN), nn.LSTM: _recurrent_twin(torch.nn.LSTM),
+                    nn.GRU: _recurrent_twin(torch.nn.GRU)}
+
+
+def _recurrent_to_torch(m, dtype):
+    kwargs = dict(num_layers=m.num_layers, bias=m.bias, batch_first=m.batch_first,
+                  return_sequences=m.return_sequences, dtype=dtype)
+    if type(m) is nn.RNN:
+        kwargs["nonlinearity"] = m.nonlinearity
+    return torch.nn.utils.skip_init(_RECURRENT_TWINS[type(m)], m.input_size, m.hidden_size, **kwargs)
+
+
+def _recurrent_from_torch(ours):
+    def make(t, dtype, gen):
+        if t.bidirectional or t.dropout or getattr(t, "proj_size", 0):
+            raise ValueError("fuseprop's recurrent layers are one-directional, without dropout between layers or "
+                             f"projections (got bidirectional={t.bidirectional}, dropout={t.dropout}, "
+                             f"proj_size={getattr(t, 'proj_size', 0)})")
+        # torch's own layer returns its whole output: return_sequences=True, unless it is our twin
+        kwargs = dict(num_layers=t.num_layers, bias=t.bias, batch_first=t.batch_first,
+                      return_sequences=getattr(t, "return_sequences", True), dtype=dtype, generator=gen)
+        if ours is nn.RNN:
+            kwargs["nonlinearity"] = t.nonlinearity
+        return ours(t.input_size, t.hidden_size, **kwargs)
+    return make
+
+
+for _ours, _twin in _RECURRENT_TWINS.items():
+    _STATEFUL.append((_ours, _twin, _recurrent_to_torch, _recurrent_from_torch(_ours)))
+    _STATEFUL.append((None, getattr(torch.nn, _ours.__name__), None, _recurrent_from_torch(_ours)))
+
 _TO_TORCH = {ours: make for ours, _, make, _ in _ACTIVATIONS}
 _FROM_TORCH = {theirs: make for _, theirs, _, make in _ACTIVATIONS}
-_STATEFUL_TO = {ours: make for ours, _, make, _ in _STATEFUL}
+_STATEFUL_TO = {ours: make for ours, _, make, _ in _STATEFUL if ours is not None}
 _STATEFUL_FROM = {theirs: make for _, theirs, _, make in _STATEFUL}
-_SUPPORTED = "Sequential, " + ", ".join(ours.__name__ for ours, *_ in _STATEFUL + _ACTIVATIONS)
+_SUPPORTED = "Sequential, " + ", ".join(ours.__name__ for ours, *_ in _STATEFUL + _ACTIVATIONS if ours is not None)
 
 
 def _where(path: str) -> str:
@@ -194,7 +249,8 @@ def state_dict_to_torch(state_dict) -> "OrderedDict[str, torch.Tensor]":
 # -------------------------------------------------------------------------------------------------
 # A fuseprop model as a torch.nn.Module
 
-_DETERMINISTIC = (nn.Sequential, nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Softmax, nn.LogSoftmax) + tuple(
+_DETERMINISTIC = (nn.Sequential, nn.Linear, nn.Conv2d, nn.LayerNorm, nn.Softmax, nn.LogSoftmax, nn.RNN, nn.LSTM,
+                  nn.GRU) + tuple(
     ours for ours, *_ in _ACTIVATIONS if ours is not nn.Dropout)
 
 

@@ -466,6 +466,87 @@ def cnn_train_step(batch=CNN_BATCH, *, impls=IMPLS) -> Case:
     return Case(cnn_flops(batch), batch, fns, validate)
 
 
+# -- the row-sequential Fashion-MNIST LSTM's training step (python -m fuseprop train --model lstm): each image
+# 28 steps of 28 pixels, LSTM(28, 128), Linear(128, 10) on its last state; SGD
+
+LSTM_BATCH, LSTM_STEPS, LSTM_FEATURES, LSTM_HIDDEN = 128, 28, 28, 128
+
+
+def lstm_flops(batch, steps=LSTM_STEPS, features=LSTM_FEATURES, hidden=LSTM_HIDDEN):
+    """The GEMMs: forward (input and recurrent projections, the classifier), their backward twice over (the
+    weights' and the inputs' gradients; the input's gradient of the first layer included)."""
+    forward = 2.0 * batch * steps * 4 * hidden * (features + hidden) + 2.0 * batch * hidden * 10
+    return 3 * forward
+
+
+def _lstm_reference_step(state, x, y):
+    """(loss, {name: update}) of one float64 SGD step computed with fuseprop.reference (NumPy)."""
+    from fuseprop import reference as R
+    p = {k: v.astype(np.float64) for k, v in state.items()}
+    x = x.astype(np.float64)
+    seq, h_n, c_n, saved = R.recurrent_forward("lstm", x, None, None, p["0.weight_ih_l0"], p["0.weight_hh_l0"],
+                                               p["0.bias_ih_l0"], p["0.bias_hh_l0"])
+    logits, _ = R.linear_forward(h_n, p["1.weight"], p["1.bias"])
+    loss, g = R.cross_entropy_loss(logits, y)
+    grads = {}
+    g, grads["1.weight"], grads["1.bias"] = R.linear_backward(g, h_n, p["1.weight"], None, None)
+    _, _, _, *rec = R.recurrent_backward("lstm", None, g, None, x, None, None, p["0.weight_ih_l0"],
+                                         p["0.weight_hh_l0"], p["0.bias_hh_l0"], seq, saved)
+    for name, grad in zip(("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"), rec):
+        grads[f"0.{name}"] = grad
+    return loss, {k: -LR * v for k, v in grads.items()}
+
+
+def lstm_train_step(batch=LSTM_BATCH, *, impls=IMPLS) -> Case:
+    """One SGD step of the row-sequential LSTM classifier, from one shared initial state."""
+    fuseprop.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, LSTM_STEPS, LSTM_FEATURES), dtype=np.float32)
+    y = rng.integers(0, 10, size=batch)
+    model = nn.Sequential(nn.LSTM(LSTM_FEATURES, LSTM_HIDDEN), nn.Linear(LSTM_HIDDEN, 10))
+    state = model.state_dict()
+    names = [k for k, _ in model.named_parameters()]
+    fns, params = {}, {}
+    if "fuseprop" in impls:
+        opt, loss_fn = optim.SGD(model.parameters(), lr=LR), losses.CrossEntropyLoss()
+        fns["fuseprop"] = lambda: model.train_step(x, y, loss_fn, opt)
+        params["fuseprop"] = lambda: [p.data for p in model.parameters()]
+    for impl in ("torch", "torch.compile"):
+        if impl not in impls:
+            continue
+        torch = _torch()
+        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+        lstm = torch.nn.LSTM(LSTM_FEATURES, LSTM_HIDDEN, batch_first=True)
+        head = torch.nn.Linear(LSTM_HIDDEN, 10)
+        lstm.load_state_dict({k[2:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("0.")})
+        head.load_state_dict({k[2:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("1.")})
+        tparams = list(lstm.parameters()) + list(head.parameters())
+        topt = torch.optim.SGD(tparams, lr=LR)
+
+        def forward_loss(xb, yb, lstm=lstm, head=head):
+            return torch.nn.functional.cross_entropy(head(lstm(xb)[0][:, -1]), yb)
+        if impl == "torch.compile":
+            forward_loss = torch.compile(forward_loss)
+
+        def torch_step(forward_loss=forward_loss, topt=topt):
+            topt.zero_grad()
+            loss = forward_loss(tx, ty)
+            loss.backward()
+            topt.step()
+            return loss.item()
+        fns[impl], params[impl] = torch_step, (lambda tparams=tparams: [p.detach().numpy() for p in tparams])
+    ref_loss, ref_updates = _lstm_reference_step(state, x, y)
+
+    def validate(name):
+        before = [np.array(p, copy=True) for p in params[name]()]
+        assert_close(fns[name](), ref_loss, f"{name} loss")
+        for pname, after, b in zip(names, params[name](), before):
+            assert_close(after.astype(np.float64) - b, ref_updates[pname], f"{name} update of {pname}",
+                         atol=np.finfo(np.float32).eps * np.abs(after))
+
+    return Case(lstm_flops(batch), batch, fns, validate)
+
+
 def _gemm_specs():
     """Named `gemm MxK-N <product>`: op(A) (M,K) times op(B) (K,N), as the layers compute it; x (B,IN),
     W (OUT,IN), dz (B,OUT). Forward x.W.T: B x IN -> OUT; dW = dz.T.x: OUT x B -> IN; dx = dz.W: B x OUT -> IN."""
@@ -487,6 +568,7 @@ SPECS = {
     "train": [Spec(f"train {'-'.join(map(str, sizes))} b{batch}", partial(train_step, sizes, batch), IMPLS)
               for sizes, batch in NETWORKS],
     "cnn": [Spec(f"train cnn 1x28x28-c32-c64-128-10 b{CNN_BATCH}", cnn_train_step, ("fuseprop", "torch", "torch.compile"))],
+    "lstm": [Spec(f"train lstm 28x28-128-10 b{LSTM_BATCH}", lstm_train_step, ("fuseprop", "torch", "torch.compile"))],
 }
 
 

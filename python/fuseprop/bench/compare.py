@@ -11,7 +11,7 @@ kernel level) is measured at the start, on 1 thread and on the threads used, and
 window in every repeat of every case: "peak" is the median of those, and "fp %peak" fuseprop's GFLOP/s
 as a share of it, so that a busy machine holds back the peak as much as the rates it divides.
 
-    python -m fuseprop bench [--quick] [--only gemm|linear|train | --case NAME ...] [--threads N]
+    python -m fuseprop bench [--quick] [--only gemm|linear|train|cnn|lstm | --case NAME ...] [--threads N]
                              [--peers numpy,torch,torch.compile,jax] [--markdown] [--png ratios.png]
     python benchmarks/compare.py ...          (the same, from a source tree)
 """

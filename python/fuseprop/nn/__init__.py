@@ -11,7 +11,7 @@ dtype, shape or layout raises.
 
 The package: ``module`` (Module and the protocol the step, the plans and the training loop use),
 ``linear``, ``conv`` (Conv2d), ``pooling`` (MaxPool2d, AvgPool2d, Flatten), ``normalization``
-(BatchNorm1d, BatchNorm2d, LayerNorm), ``activation``, ``dropout``, ``container`` (Sequential), ``cuda_inference`` (forward on the
+(BatchNorm1d, BatchNorm2d, LayerNorm), ``recurrent`` (RNN, LSTM, GRU), ``activation``, ``dropout``, ``container`` (Sequential), ``cuda_inference`` (forward on the
 GPU), ``utils`` (gradient clipping, as torch.nn.utils). Each layer describes its native form itself
 (``native_layer()``), so the plans (fuseprop.engine) import no layer class.
 """
@@ -29,7 +29,8 @@ from .linear import Linear
 from .module import Module
 from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm
 from .pooling import AvgPool2d, Flatten, MaxPool2d
+from .recurrent import GRU, LSTM, RNN
 
 __all__ = ["Parameter", "Module", "Linear", "Identity", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU",
            "Softmax", "LogSoftmax", "Dropout", "Sequential", "Conv2d", "MaxPool2d", "AvgPool2d", "Flatten",
-           "BatchNorm1d", "BatchNorm2d", "LayerNorm", "no_grad", "init", "utils"]
+           "BatchNorm1d", "BatchNorm2d", "LayerNorm", "RNN", "LSTM", "GRU", "no_grad", "init", "utils"]

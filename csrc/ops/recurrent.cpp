@@ -1,6 +1,7 @@
 #include "ops/recurrent.h"
 
 #include <algorithm>
+#include <atomic>
 #include <initializer_list>
 #include <utility>
 
@@ -53,7 +54,13 @@ int64_t elements(std::initializer_list<Term> terms) {
 // Pre-activation gradients per row in the backward: G*H, and 4H for gru (r, z, hn, a_n: n has two sides).
 int64_t dp_width(const RecurrentShape& s) { return s.cell == RecurrentCell::gru ? 4 * s.H : s.GH(); }
 
-int64_t strips(const RecurrentShape& s) { return ceil_div(s.B, kRecurrentStrip); }
+// The strips: as few as hold B rows at most kRecurrentStrip each, rounded up to a multiple of 4 when there are
+// 4 or more, so that 2 or 4 threads get equal shares (128 rows: 8 strips of 12 and 4 of 8, not 10 of 12 and one
+// of 8); their heights are multiples of 4 rows, as even as can be, the taller ones first.
+int64_t strips(const RecurrentShape& s) {
+  const int64_t n = ceil_div(s.B, kRecurrentStrip);
+  return n >= 4 ? ceil_div(n, 4) * 4 : n;
+}
 int64_t groups(const RecurrentShape& s) { return std::min(strips(s), kRecurrentGroups); }
 
 // Strip `strip`'s first row and height.
@@ -61,8 +68,14 @@ struct Strip {
   int64_t b0, m;
 };
 Strip strip_at(const RecurrentShape& s, int64_t strip) {
-  const int64_t b0 = strip * kRecurrentStrip;
-  return {b0, std::min(kRecurrentStrip, s.B - b0)};
+  const int64_t units = ceil_div(s.B, 4), n = strips(s), base = units / n, extra = units % n;
+  const int64_t b0 = 4 * (strip * base + std::min(strip, extra));
+  return {b0, std::min(4 * (base + (strip < extra)), s.B - b0)};
+}
+// The strip that holds batch row b.
+int64_t strip_of(const RecurrentShape& s, int64_t b) {
+  const int64_t units = ceil_div(s.B, 4), n = strips(s), base = units / n, extra = units % n, u = b / 4;
+  return u < extra * (base + 1) ? u / (base + 1) : extra + (u - extra * (base + 1)) / base;
 }
 
 template <typename T>
@@ -108,21 +121,37 @@ void tile_row(const GemmKernels<T>& kern, T* c, int64_t ldc, const T* a, int64_t
     kern.direct_tile(k, a, rs_a, cs_a, b + j, ldb, c + j, ldc, T(1), beta, m, n - j < kern.nr ? n - j : kern.nr);
 }
 
-// The same for any m, by rows of mr: c (m,n) = a (m,k) . b (k,n) + beta c, rows of a lda apart.
+// Row i0 and height of tile i of the ceil(m / mr) tiles that cover m rows, as even as the kernels' heights allow
+// (multiples of mr / 3): 8 rows at mr 6 run as 4 + 4, not 6 + 2 (a 2-row tile is bound by its loads).
+struct TileRows {
+  int64_t i0, rows;
+};
+template <typename T>
+TileRows tile_rows(const GemmKernels<T>& kern, int64_t m, int64_t tile) {
+  const int64_t tiles = ceil_div(m, kern.mr), step = kern.mr / 3;
+  const int64_t height = std::min<int64_t>(kern.mr, ceil_div(ceil_div(m, tiles), step) * step);
+  const int64_t i0 = tile * height;
+  return {i0, std::min(height, m - i0)};
+}
+
+// The same for any m: c (m,n) = a (m,k) . b (k,n) + beta c, rows of a lda apart.
 template <typename T>
 void small_gemm(const GemmKernels<T>& kern, T* c, int64_t ldc, const T* a, int64_t lda, const T* b, int64_t ldb,
                 int64_t m, int64_t n, int64_t k, T beta) {
-  for (int64_t i = 0; i < m; i += kern.mr)
-    tile_row(kern, c + i * ldc, ldc, a + i * lda, lda, int64_t(1), b, ldb, std::min<int64_t>(kern.mr, m - i), n, k,
-             beta);
+  for (int64_t tile = 0; tile < ceil_div(m, kern.mr); ++tile) {
+    const TileRows tr = tile_rows(kern, m, tile);
+    if (tr.rows > 0) tile_row(kern, c + tr.i0 * ldc, ldc, a + tr.i0 * lda, lda, int64_t(1), b, ldb, tr.rows, n, k, beta);
+  }
 }
 
 // c (m,n) = a^T (m,k) . b (k,n) + beta c, a stored (k,m) with rows lda apart: the weight gradients' form.
 template <typename T>
 void small_gemm_tn(const GemmKernels<T>& kern, T* c, int64_t ldc, const T* a, int64_t lda, const T* b, int64_t ldb,
                    int64_t m, int64_t n, int64_t k, T beta) {
-  for (int64_t i = 0; i < m; i += kern.mr)
-    tile_row(kern, c + i * ldc, ldc, a + i, int64_t(1), lda, b, ldb, std::min<int64_t>(kern.mr, m - i), n, k, beta);
+  for (int64_t tile = 0; tile < ceil_div(m, kern.mr); ++tile) {
+    const TileRows tr = tile_rows(kern, m, tile);
+    if (tr.rows > 0) tile_row(kern, c + tr.i0 * ldc, ldc, a + tr.i0, int64_t(1), lda, b, ldb, tr.rows, n, k, beta);
+  }
 }
 
 // body(task) for task in [0, tasks) on the threads the recurrent products' work (B*T*GH*k multiply-adds) is
@@ -147,28 +176,48 @@ void transpose(T* dst, const T* src, int64_t rows, int64_t cols) {
 template <typename T>
 void prefetch(const T* p, int64_t n) {
   const char* c = reinterpret_cast<const char*>(p);
-  for (int64_t i = 0; i < n * int64_t(sizeof(T)); i += 64) __builtin_prefetch(c + i);
+  for (int64_t i = 0; i < n * int64_t(sizeof(T)); i += 64) __builtin_prefetch(c + i, 0, 2);  // to L2: the step's
+  // products stream w_hh through L1 before the data is used
 }
 
-// The backward's scratch for one group: the strip's dp (T*strip rows of dp_width), its x rows in dp's order
-// (T*strip rows of I), the gradients reaching h (twice: this step's and the one passed back) and c (strip rows
-// of H); then the group's sums: [dw_ih | dw_hh]^T ((I+H) x GH), gru's dw_ih^T of a_n (I x H), db (dp_width).
-struct GroupLayout {
-  int64_t dp, xs, dh_a, dh_b, dc, dw_t, dw_t2, db, size;
+// The backward's workspace: a row of zeros (H, dy's row when dy is null); each group's sums, [dw_ih | db | dw_hh]^T
+// ((I+1+H) x GH) and, gru, [dw_ih | db]^T of a_n ((I+1) x H); then one scratch slot per thread: the strip's dp
+// (T*strip rows of dp_width), its x rows in dp's order with a 1 after each (T*strip rows of I+1: the 1s make the
+// weight-gradient product sum dp's columns, the bias gradients), the gradients reaching h (twice: this step's
+// and the one passed back) and c (strip rows of H).
+struct BackwardLayout {
+  int64_t sums, sums_size, dw_t2;                  // group g's sums at sums + g * sums_size; dw_t2 within them
+  int64_t slots, slot_size, dp, xs, dh_a, dh_b, dc;  // slot q at slots + q * slot_size; dp ... dc within it
+  int64_t size;
 };
-GroupLayout group_layout(const RecurrentShape& s) {
-  const int64_t rows = s.T * kRecurrentStrip, DP = dp_width(s), IH = s.I + s.H;
-  GroupLayout g;
-  g.dp = 0;
-  g.xs = g.dp + rows * DP;
-  g.dh_a = g.xs + rows * s.I;
-  g.dh_b = g.dh_a + kRecurrentStrip * s.H;
-  g.dc = g.dh_b + kRecurrentStrip * s.H;
-  g.dw_t = g.dc + kRecurrentStrip * s.H;
-  g.dw_t2 = g.dw_t + IH * s.GH();
-  g.db = g.dw_t2 + (s.cell == RecurrentCell::gru ? s.I * s.H : 0);
-  g.size = g.db + DP;
-  return g;
+BackwardLayout backward_layout(const RecurrentShape& s, int64_t slots) {
+  const int64_t rows = s.T * kRecurrentStrip, DP = dp_width(s), I1 = s.I + 1;
+  BackwardLayout l;
+  l.sums = s.H;
+  l.dw_t2 = (I1 + s.H) * s.GH();
+  l.sums_size = l.dw_t2 + (s.cell == RecurrentCell::gru ? I1 * s.H : 0);
+  l.slots = l.sums + groups(s) * l.sums_size;
+  l.dp = 0;
+  l.xs = l.dp + rows * DP;
+  l.dh_a = l.xs + rows * I1;
+  l.dh_b = l.dh_a + kRecurrentStrip * s.H;
+  l.dc = l.dh_b + kRecurrentStrip * s.H;
+  l.slot_size = l.dc + kRecurrentStrip * s.H;
+  l.size = l.slots + slots * l.slot_size;
+  return l;
+}
+
+// dst (rows, cols) = src^T, or += with accumulate, src (cols, rows) with rows ld_src apart: by 16 x 16 blocks
+template <typename T>
+void put_transposed(T* dst, const T* src, int64_t rows, int64_t cols, int64_t ld_src, bool accumulate) {
+  constexpr int64_t kBlock = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock)
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock)
+      for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r)
+        for (int64_t c = c0; c < std::min(cols, c0 + kBlock); ++c) {
+          T& d = dst[r * cols + c];
+          d = accumulate ? d + src[c * ld_src + r] : src[c * ld_src + r];
+        }
 }
 
 }  // namespace
@@ -187,17 +236,17 @@ int64_t recurrent_forward_workspace(const RecurrentShape& s) {
   return elements({{1, s.H, s.GH()}, {1, s.I, s.GH()}, {1, 1, s.GH()}, {1, 1, s.H}});
 }
 
-int64_t recurrent_backward_workspace(const RecurrentShape& s) {
-  // each group's scratch and sums (group_layout), a row of zeros (H)
-  const int64_t rows = s.T * kRecurrentStrip, DP = dp_width(s), IH = s.I + s.H;
+int64_t recurrent_backward_workspace(const RecurrentShape& s, int threads) {
+  // as backward_layout, each size overflow-checked
+  const int64_t rows = s.T * kRecurrentStrip, DP = dp_width(s), I1 = s.I + 1, slots = std::max(threads, 1);
   const int64_t gru = s.cell == RecurrentCell::gru;
-  return elements({{groups(s), rows, DP + s.I}, {groups(s), 3 * kRecurrentStrip, s.H}, {groups(s), IH, s.GH()},
-                   {groups(s), gru * s.I, s.H}, {groups(s), 1, DP}, {1, 1, s.H}});
+  return elements({{1, 1, s.H}, {groups(s), I1 + s.H, s.GH()}, {groups(s), gru * I1, s.H}, {slots, rows, DP + I1},
+                   {slots, 3 * kRecurrentStrip, s.H}});
 }
 
 template <typename T>
 const T* recurrent_saved_h(const T* saved, const RecurrentShape& s, int64_t t, int64_t b) {
-  const Strip st = strip_at(s, b / kRecurrentStrip);
+  const Strip st = strip_at(s, strip_of(s, b));
   const StripRows at{s.T, st.b0, st.m};
   return saved_views(const_cast<T*>(saved), s).hs + (at.at1(t) + b - st.b0) * s.H;
 }
@@ -271,109 +320,131 @@ void recurrent_forward(T* y, T* h_n, T* c_n, T* saved, T* workspace, const T* x,
   });
 }
 
+// The backward of one strip: its loop over time from the last step, then its weight gradients, added to `sums`
+// (a group's: written when `first`).
+template <typename T>
+struct StripBackward {
+  const RecurrentShape& s;
+  T *dx, *dh0, *dc0;
+  const T *dy, *dh_n, *dc_n, *x, *w_ih, *w_hh, *zeros;
+  SavedViews<T> sv;
+  int64_t bptt_steps;
+  const GemmKernels<T>& kern;
+  const RecurrentRowKernels<T>& rows;
+
+  // scratch: a slot of backward_layout l
+  void operator()(int64_t strip, T* scratch, const BackwardLayout& l, T* sums, bool first) const {
+    const int64_t steps = s.T, I = s.I, H = s.H, GH = s.GH(), DP = dp_width(s);
+    const RecurrentCell cell = s.cell;
+    const bool relu = cell == RecurrentCell::rnn_relu, gru = cell == RecurrentCell::gru,
+               lstm = cell == RecurrentCell::lstm;
+    const Strip st = strip_at(s, strip);
+    const StripRows at{steps, st.b0, st.m};
+    const int64_t m = st.m, b0 = st.b0;
+    T *dp = scratch + l.dp, *xs = scratch + l.xs, *dc = scratch + l.dc;
+    T* dh_in = scratch + l.dh_a;   // the strip's gradient reaching h_t ...
+    T* dh_out = scratch + l.dh_b;  // ... and the one reaching h_{t-1}
+    if (dh_n) std::copy_n(dh_n + b0 * H, m * H, dh_in);
+    else std::fill_n(dh_in, m * H, T(0));
+    if (lstm) {
+      if (dc_n) std::copy_n(dc_n + b0 * H, m * H, dc);
+      else std::fill_n(dc, m * H, T(0));
+    }
+    for (int64_t t = steps - 1; t >= 0; --t) {
+      const bool cut = bptt_steps > 0 && t > 0 && t % bptt_steps == 0;  // the carried state was detached here
+      T* dp_t = dp + t * m * DP;  // the strip's dp runs t, then r: the order of its saved rows
+      T* target = t == 0 ? dh0 + b0 * H : dh_out;  // dh_{t-1}; at t = 0 that is dh0
+      for (int64_t r = 0; r < m; ++r) {
+        const T* dy_row = dy ? dy + ((b0 + r) * steps + t) * H : zeros;
+        switch (cell) {
+          case RecurrentCell::lstm:
+            rows.lstm_backward(dp_t + r * DP, dc + r * H, dy_row, dh_in + r * H, sv.acts + (at.at(t) + r) * GH,
+                               sv.tanh_c + (at.at(t) + r) * H, sv.cs + (at.at1(t) + r) * H, H);
+            break;
+          case RecurrentCell::gru:
+            rows.gru_backward(dp_t + r * DP, target + r * H, dy_row, dh_in + r * H, sv.acts + (at.at(t) + r) * GH,
+                              sv.hn + (at.at(t) + r) * H, sv.hs + (at.at1(t) + r) * H, H);
+            break;
+          default:
+            rows.rnn_backward(dp_t + r * DP, dy_row, dh_in + r * H, sv.hs + (at.at1(t + 1) + r) * H, H, relu);
+        }
+      }
+      if (t > 0) {  // step t-1's saved rows, for its pass after this step's products
+        if (lstm) {
+          prefetch(sv.acts + at.at(t - 1) * GH, m * GH);
+          prefetch(sv.tanh_c + at.at(t - 1) * H, m * H);
+          prefetch(sv.cs + at.at1(t - 1) * H, m * H);
+        } else if (gru) {
+          prefetch(sv.acts + at.at(t - 1) * GH, m * GH);
+          prefetch(sv.hn + at.at(t - 1) * H, m * H);
+        }
+        prefetch(sv.hs + at.at1(t - 1) * H, 2 * m * H);
+      }
+      if (cut) {
+        std::fill_n(target, m * H, T(0));
+        if (lstm) std::fill_n(dc, m * H, T(0));
+      } else {
+        // dh_{t-1} (m, H) (+)= dp_t's hidden side (m, GH) . w_hh (GH, H); gru adds to its direct part dh z
+        small_gemm(kern, target, H, dp_t, DP, w_hh, H, m, H, GH, gru ? T(1) : T(0));
+      }
+      // dx_t (m, I) = dp_t's input side . w_ih (GH, I); gru's input side is p_r, p_z, then a_n
+      T* dx_t = dx + (b0 * steps + t) * I;
+      if (gru) {
+        small_gemm(kern, dx_t, steps * I, dp_t, DP, w_ih, I, m, I, 2 * H, T(0));
+        small_gemm(kern, dx_t, steps * I, dp_t + 3 * H, DP, w_ih + 2 * H * I, I, m, I, H, T(1));
+      } else {
+        small_gemm(kern, dx_t, steps * I, dp_t, DP, w_ih, I, m, I, GH, T(0));
+      }
+      std::swap(dh_in, dh_out);
+    }
+    if (lstm) std::copy_n(dc, m * H, dc0 + b0 * H);
+
+    // The strip's weight gradients over its T*m rows (t, then r), added to the group's sums:
+    // [dw_ih | db | dw_hh]^T (I+1+H, GH) += [x | 1 | h_prev]^T . dp (dp's hidden side: gru's [0, 3H), which also
+    // holds the input side's p_r, p_z), gru's a_n: [dw_ih | db]^T (I+1, H) += [x | 1]^T . dp[3H, 4H).
+    const int64_t K = steps * m, I1 = I + 1;
+    const T beta = first ? T(0) : T(1);
+    for (int64_t t = 0; t < steps; ++t)
+      for (int64_t r = 0; r < m; ++r) {
+        T* row = xs + (t * m + r) * I1;
+        std::copy_n(x + ((b0 + r) * steps + t) * I, I, row);
+        row[I] = T(1);
+      }
+    small_gemm_tn(kern, sums, GH, xs, I1, dp, DP, I1, GH, K, beta);
+    small_gemm_tn(kern, sums + I1 * GH, GH, sv.hs + at.at1(0) * H, H, dp, DP, H, GH, K, beta);
+    if (gru) small_gemm_tn(kern, sums + l.dw_t2, H, xs, I1, dp + 3 * H, DP, I1, H, K, beta);
+  }
+};
+
 // dy (B,T,H), saved -> dx (B,T,I), dh0, dc0 (B,H); dw_ih (GH,I), dw_hh (GH,H), db_ih, db_hh (GH) accumulated
 template <typename T>
 void recurrent_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* db_hh, T* workspace, const T* dy,
                         const T* dh_n, const T* dc_n, const T* x, const T* w_ih, const T* w_hh, const T* saved,
-                        const RecurrentShape& s, int64_t bptt_steps, bool accumulate) {
-  const int64_t steps = s.T, I = s.I, H = s.H, GH = s.GH(), IH = I + H, DP = dp_width(s);
-  const RecurrentCell cell = s.cell;
-  const bool relu = cell == RecurrentCell::rnn_relu, gru = cell == RecurrentCell::gru,
-             lstm = cell == RecurrentCell::lstm;
-  const SavedViews<T> sv = saved_views(const_cast<T*>(saved), s);
-  const GroupLayout gl = group_layout(s);
-  const int64_t n_strips = strips(s), n_groups = groups(s);
-  T* zeros = workspace + n_groups * gl.size;  // (H): dy's row when dy is null
+                        const RecurrentShape& s, int64_t bptt_steps, int threads, bool accumulate) {
+  const int64_t I = s.I, H = s.H, GH = s.GH();
+  const bool gru = s.cell == RecurrentCell::gru;
+  const int64_t n_strips = strips(s), n_groups = groups(s), slots = std::max(threads, 1);
+  const BackwardLayout wl = backward_layout(s, slots);
+  T* zeros = workspace;  // dy's row when dy is null
   std::fill_n(zeros, H, T(0));
-
-  const GemmKernels<T>& kern = gemm_kernels(T{});
-  const RecurrentRowKernels<T>& rows = recurrent_row_kernels(T{});
-  for_tasks(s, 2 * H + I, n_groups, [&](int64_t group) {
-    T* g = workspace + group * gl.size;
-    T *dp = g + gl.dp, *xs = g + gl.xs, *dc = g + gl.dc;
-    const int64_t first = n_strips * group / n_groups, last = n_strips * (group + 1) / n_groups;
-    for (int64_t strip = first; strip < last; ++strip) {
-      const Strip st = strip_at(s, strip);
-      const StripRows at{steps, st.b0, st.m};
-      const int64_t m = st.m, b0 = st.b0;
-      T* dh_in = g + gl.dh_a;   // the strip's gradient reaching h_t ...
-      T* dh_out = g + gl.dh_b;  // ... and the one reaching h_{t-1}
-      if (dh_n) std::copy_n(dh_n + b0 * H, m * H, dh_in);
-      else std::fill_n(dh_in, m * H, T(0));
-      if (lstm) {
-        if (dc_n) std::copy_n(dc_n + b0 * H, m * H, dc);
-        else std::fill_n(dc, m * H, T(0));
-      }
-      for (int64_t t = steps - 1; t >= 0; --t) {
-        const bool cut = bptt_steps > 0 && t > 0 && t % bptt_steps == 0;  // the carried state was detached here
-        T* dp_t = dp + t * m * DP;  // the strip's dp runs t, then r: the order of its saved rows
-        T* target = t == 0 ? dh0 + b0 * H : dh_out;  // dh_{t-1}; at t = 0 that is dh0
-        for (int64_t r = 0; r < m; ++r) {
-          const int64_t b = b0 + r;
-          const T* dy_row = dy ? dy + (b * steps + t) * H : zeros;
-          switch (cell) {
-            case RecurrentCell::lstm:
-              rows.lstm_backward(dp_t + r * DP, dc + r * H, dy_row, dh_in + r * H, sv.acts + (at.at(t) + r) * GH,
-                                 sv.tanh_c + (at.at(t) + r) * H, sv.cs + (at.at1(t) + r) * H, H);
-              break;
-            case RecurrentCell::gru:
-              rows.gru_backward(dp_t + r * DP, target + r * H, dy_row, dh_in + r * H, sv.acts + (at.at(t) + r) * GH,
-                                sv.hn + (at.at(t) + r) * H, sv.hs + (at.at1(t) + r) * H, H);
-              break;
-            default:
-              rows.rnn_backward(dp_t + r * DP, dy_row, dh_in + r * H, sv.hs + (at.at1(t + 1) + r) * H, H, relu);
-          }
-        }
-        if (t > 0) {  // step t-1's saved rows, for its pass after this step's products
-          const int64_t prev = at.at(t - 1);
-          if (lstm) {
-            prefetch(sv.acts + prev * GH, m * GH);
-            prefetch(sv.tanh_c + prev * H, m * H);
-            prefetch(sv.cs + at.at1(t - 1) * H, m * H);
-          } else if (gru) {
-            prefetch(sv.acts + prev * GH, m * GH);
-            prefetch(sv.hn + prev * H, m * H);
-          }
-          prefetch(sv.hs + at.at1(t - 1) * H, 2 * m * H);
-        }
-        if (cut) {
-          std::fill_n(target, m * H, T(0));
-          if (lstm) std::fill_n(dc, m * H, T(0));
-        } else {
-          // dh_{t-1} (m, H) (+)= dp_t's hidden side (m, GH) . w_hh (GH, H); gru adds to its direct part dh z
-          small_gemm(kern, target, H, dp_t, DP, w_hh, H, m, H, GH, gru ? T(1) : T(0));
-        }
-        // dx_t (m, I) = dp_t's input side . w_ih (GH, I); gru's input side is p_r, p_z, then a_n
-        T* dx_t = dx + (b0 * steps + t) * I;
-        if (gru) {
-          small_gemm(kern, dx_t, steps * I, dp_t, DP, w_ih, I, m, I, 2 * H, T(0));
-          small_gemm(kern, dx_t, steps * I, dp_t + 3 * H, DP, w_ih + 2 * H * I, I, m, I, H, T(1));
-        } else {
-          small_gemm(kern, dx_t, steps * I, dp_t, DP, w_ih, I, m, I, GH, T(0));
-        }
-        std::swap(dh_in, dh_out);
-      }
-      if (lstm) std::copy_n(dc, m * H, dc0 + b0 * H);
-
-      // The strip's weight gradients over its T*m rows (t, then r), added to the group's sums:
-      // [dw_ih | dw_hh]^T (I+H, GH) += [x | h_prev]^T . dp (dp's hidden side: gru's [0, 3H), which also holds the
-      // input side's p_r, p_z), gru's a_n: dw_ih^T (I, H) += x^T . dp[3H, 4H); db += the column sums of dp.
-      const int64_t K = steps * m;
-      const T beta = strip == first ? T(0) : T(1);
-      for (int64_t t = 0; t < steps; ++t)
-        for (int64_t r = 0; r < m; ++r) std::copy_n(x + ((b0 + r) * steps + t) * I, I, xs + (t * m + r) * I);
-      small_gemm_tn(kern, g + gl.dw_t, GH, xs, I, dp, DP, I, GH, K, beta);
-      small_gemm_tn(kern, g + gl.dw_t + I * GH, GH, sv.hs + at.at1(0) * H, H, dp, DP, H, GH, K, beta);
-      if (gru) small_gemm_tn(kern, g + gl.dw_t2, H, xs, I, dp + 3 * H, DP, I, H, K, beta);
-      T* db = g + gl.db;
-      if (strip == first) std::fill_n(db, DP, T(0));
-      for (int64_t row = 0; row < K; ++row)
-        for (int64_t j = 0; j < DP; ++j) db[j] += dp[row * DP + j];
+  const StripBackward<T> strip_backward{s, dx, dh0, dc0, dy, dh_n, dc_n, x, w_ih, w_hh, zeros,
+                                        saved_views(const_cast<T*>(saved), s), bptt_steps, gemm_kernels(T{}),
+                                        recurrent_row_kernels(T{})};
+  // One task per scratch slot (as many as threads run, at most one per group), each taking the next group until
+  // none is left, and a group's strips in order: which thread computes a group never changes what it sums.
+  std::atomic<int64_t> next_group{0};
+  const double work = double(s.B) * double(s.T) * double(GH) * double(2 * H + I);
+  const int64_t tasks = std::min<int64_t>({threads_for(work < 1e18 ? int64_t(work) : int64_t(1e18)), slots, n_groups});
+  parallel_tasks(tasks, int(tasks), [&](int64_t slot) {
+    for (int64_t group; (group = next_group.fetch_add(1)) < n_groups;) {
+      const int64_t first = n_strips * group / n_groups, last = n_strips * (group + 1) / n_groups;
+      for (int64_t strip = first; strip < last; ++strip)
+        strip_backward(strip, workspace + wl.slots + slot * wl.slot_size, wl,
+                       workspace + wl.sums + group * wl.sums_size, strip == first);
     }
   });
 
   // The groups' sums, added into group 0's in group order, then transposed into the weight gradients.
-  auto put = [&](T* dst, T v) { *dst = accumulate ? *dst + v : v; };
   if (n_groups == 0) {  // an empty batch: nothing to add
     if (!accumulate) {
       std::fill_n(dw_ih, GH * I, T(0));
@@ -382,24 +453,23 @@ void recurrent_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* 
     }
     return;
   }
-  T* sums = workspace + gl.dw_t;  // group 0's dw_t, dw_t2 and db, one after the other
-  parallel_for(gl.size - gl.dw_t, n_groups, [&](int64_t i0, int64_t i1) {
+  T* sums = workspace + wl.sums;  // group 0's
+  parallel_for(wl.sums_size, n_groups, [&](int64_t i0, int64_t i1) {
     for (int64_t q = 1; q < n_groups; ++q) {
-      const T* add = workspace + q * gl.size + gl.dw_t;
+      const T* add = sums + q * wl.sums_size;
       for (int64_t i = i0; i < i1; ++i) sums[i] += add[i];
     }
   });
-  const T *dw_t = workspace + gl.dw_t, *dw_t2 = workspace + gl.dw_t2, *db = workspace + gl.db;
-  for (int64_t k = 0; k < I; ++k)
-    for (int64_t j = 0; j < GH; ++j)  // gru's a_n rows of dw_ih come from the second product
-      put(dw_ih + j * I + k, gru && j >= 2 * H ? dw_t2[k * H + j - 2 * H] : dw_t[k * GH + j]);
-  for (int64_t k = 0; k < H; ++k)
-    for (int64_t j = 0; j < GH; ++j) put(dw_hh + j * H + k, dw_t[(I + k) * GH + j]);
+  const T *dw_t = sums, *dw_t2 = sums + wl.dw_t2;
+  const T* db = dw_t + I * GH;  // the 1s' row: dp's column sums
+  const int64_t in_rows = gru ? 2 * H : GH;  // dw_ih's rows from dw_t; gru's a_n rows from dw_t2
+  put_transposed(dw_ih, dw_t, in_rows, I, GH, accumulate);
+  if (gru) put_transposed(dw_ih + 2 * H * I, dw_t2, H, I, H, accumulate);
+  put_transposed(dw_hh, dw_t + (I + 1) * GH, GH, H, GH, accumulate);
   if (db_ih) {
-    for (int64_t j = 0; j < GH; ++j) {
-      put(db_ih + j, db[gru && j >= 2 * H ? H + j : j]);  // gru's a_n sits at 3H + (j - 2H)
-      put(db_hh + j, db[j]);
-    }
+    put_transposed(db_ih, db, in_rows, 1, GH, accumulate);
+    if (gru) put_transposed(db_ih + 2 * H, dw_t2 + I * H, H, 1, H, accumulate);
+    put_transposed(db_hh, db, GH, 1, GH, accumulate);
   }
 }
 
@@ -407,7 +477,7 @@ void recurrent_backward(T* dx, T* dh0, T* dc0, T* dw_ih, T* dw_hh, T* db_ih, T* 
   template void recurrent_forward<T>(T*, T*, T*, T*, T*, const T*, const T*, const T*, const T*, const T*,      \
                                      const T*, const T*, const RecurrentShape&);                                \
   template void recurrent_backward<T>(T*, T*, T*, T*, T*, T*, T*, T*, const T*, const T*, const T*, const T*,   \
-                                      const T*, const T*, const T*, const RecurrentShape&, int64_t, bool);      \
+                                      const T*, const T*, const T*, const RecurrentShape&, int64_t, int, bool); \
   template const T* recurrent_saved_h<T>(const T*, const RecurrentShape&, int64_t, int64_t);
 FUSEPROP_INSTANTIATE(float)
 FUSEPROP_INSTANTIATE(double)

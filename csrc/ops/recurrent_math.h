@@ -8,7 +8,8 @@
 //         h' = n + z (h - n)           (PyTorch's form of (1 - z) n + z h)
 // float's sigmoid and tanh are written out (exp by Cody-Waite reduction and a polynomial, tanh of small
 // arguments by a polynomial) with no call and no branch, so the loops over hidden units vectorise; they are
-// within 2 ulp of the correctly rounded values. double calls std::exp and std::tanh.
+// within 1 ulp (exp), 1.5 ulp (tanh) and 3 ulp (sigmoid) of the correctly rounded values (a sweep of every 97th
+// float). double calls std::exp and std::tanh.
 #pragma once
 
 #include <cmath>

@@ -9,6 +9,7 @@
 
 #include "python/bind.h"
 #include "python/checks.h"
+#include "core/threads.h"
 #include "ops/recurrent.h"
 
 namespace fuseprop::bindings {
@@ -197,13 +198,14 @@ py::tuple recurrent_backward_entry(const py::handle& cell_obj, const py::handle&
     py::array dw_ih = empty<T>({s.GH(), s.I}), dw_hh = empty<T>({s.GH(), s.H});
     py::array db_ih = has_bias ? py::array(empty<T>({s.GH()})) : py::array();
     py::array db_hh = has_bias ? py::array(empty<T>({s.GH()})) : py::array();
-    std::unique_ptr<T[]> ws = workspace<T>(recurrent_backward_workspace(s), r);
+    const int threads = num_threads();  // the scratch slots the workspace has: the most threads the kernel runs
+    std::unique_ptr<T[]> ws = workspace<T>(recurrent_backward_workspace(s, threads), r);
     {
       py::gil_scoped_release nogil;
       recurrent_backward<T>(ptr<T>(dx), ptr<T>(dh0), lstm ? ptr<T>(dc0) : nullptr, ptr<T>(dw_ih), ptr<T>(dw_hh),
                             has_bias ? ptr<T>(db_ih) : nullptr, has_bias ? ptr<T>(db_hh) : nullptr, ws.get(),
                             ptr_or_null<T>(dy), ptr_or_null<T>(dh_n), ptr_or_null<T>(dc_n), ptr<T>(r.x),
-                            ptr<T>(r.w_ih), ptr<T>(r.w_hh), ptr<T>(saved), s, bptt_steps, false);
+                            ptr<T>(r.w_ih), ptr<T>(r.w_hh), ptr<T>(saved), s, bptt_steps, threads, false);
     }
     auto maybe = [](bool present, const py::array& a) { return present ? py::object(a) : py::none(); };
     return py::make_tuple(dx, dh0, maybe(lstm, dc0), dw_ih, dw_hh, maybe(has_bias, db_ih), maybe(has_bias, db_hh));

@@ -304,3 +304,22 @@ def test_cli_trains_the_lstm_on_idx_files(tmp_path, capsys):
     restored = build_lstm(12, 16, 3)
     extra = checkpoint.load_checkpoint(tmp_path / "out" / f"checkpoint.{checkpoint.default_format()}", restored)
     assert extra["model"] == "lstm" and extra["sizes"] == {"steps": 10, "features": 12, "hidden": 16}
+
+
+def test_data_parallel_training_computes_what_one_process_computes():
+    from fuseprop.distributed import DataParallel, run_local
+    x, y = row_sequences(70)  # 70 = 32 + 32 + 6: the last batch's shards are uneven
+    x = x.astype(np.float64)
+
+    def train(comm=None):
+        fuseprop.manual_seed(0)
+        model = nn.Sequential(nn.GRU(6, 8, 2, dtype=np.float64), nn.Linear(8, 3, dtype=np.float64))
+        ddp = DataParallel(model, comm, timeout=20) if comm is not None else False
+        model.fit(x, y, optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epochs=2, batch_size=32,
+                  verbose=0, seed=0, distributed=ddp, clip_grad_norm=1.0)
+        return model.state_dict()
+
+    alone = train()
+    for state in run_local(2, train):
+        for k in alone:
+            np.testing.assert_allclose(state[k], alone[k], rtol=1e-10, atol=1e-12, err_msg=k)

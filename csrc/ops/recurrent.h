@@ -40,7 +40,7 @@ struct RecurrentShape {
 // saved layout, and their heights depend on B alone, never on the CPU level or the thread count.
 constexpr int64_t kRecurrentStrip = 12;
 // The most groups the backward sums its strips' weight gradients in.
-constexpr int64_t kRecurrentGroups = 8;
+constexpr int64_t kRecurrentGroups = 16;
 
 // Elements of the record recurrent_forward saves for recurrent_backward. Each array runs strip after strip; a strip
 // of rows [b0, b0 + m) holds its steps in order, each step's m rows together, so row (t, b) of an array of `len`

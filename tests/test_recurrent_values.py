@@ -62,3 +62,29 @@ def test_nan_and_infinities_go_through_as_in_the_reference(cell, nonlinearity, d
         got, want = one_step(cell, nonlinearity, pre, dtype)
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+def test_the_saved_record_does_not_depend_on_the_cpu_level():
+    """The record's layout is a function of the shape alone: a forward at one level serves a backward at another."""
+    levels = fuseprop.build_info()["kernel_levels_available"]
+    rng = np.random.default_rng(1)
+    B, T, I, H = 29, 4, 5, 7  # three strips, the last shorter
+    x, w_ih, w_hh = (rng.standard_normal(s).astype(np.float32) for s in [(B, T, I), (4 * H, I), (4 * H, H)])
+    gy = rng.standard_normal((B, T, H)).astype(np.float32)
+    default = fuseprop.cpu_level()
+    try:
+        results = {}
+        for forward_level in levels:
+            fuseprop.set_cpu_level(forward_level)
+            y, _, _, saved = F.recurrent_forward("lstm", x, None, None, w_ih, w_hh, None, None)
+            for backward_level in levels:
+                fuseprop.set_cpu_level(backward_level)
+                results[forward_level, backward_level] = F.recurrent_backward("lstm", gy, None, None, x, None, None,
+                                                                              w_ih, w_hh, None, y, saved)
+    finally:
+        fuseprop.set_cpu_level(default)
+    first = results[levels[0], levels[0]]
+    for key, grads in results.items():
+        for got, want in zip(grads, first):
+            if want is not None:
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=str(key))

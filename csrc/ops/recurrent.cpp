@@ -379,6 +379,8 @@ struct StripBackward {
           prefetch(sv.hn + at.at(t - 1) * H, m * H);
         }
         prefetch(sv.hs + at.at1(t - 1) * H, 2 * m * H);
+        if (dy)
+          for (int64_t r = 0; r < m; ++r) prefetch(dy + ((b0 + r) * steps + t - 1) * H, H);
       }
       if (cut) {
         std::fill_n(target, m * H, T(0));

@@ -230,6 +230,19 @@ def cuda_layer_norm_backward(grad_y: np.ndarray, x: np.ndarray, normalized_shape
                              weight: Optional[np.ndarray], mean: np.ndarray, rstd: np.ndarray, need_grad_x: bool = True,
                              grad_weight: Optional[np.ndarray] = None, grad_bias: Optional[np.ndarray] = None
                              ) -> Tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]: ...
+# recurrent twins: the CPU entries' arguments and results, and tf32 (the GEMMs on TF32 tensor cores); saved is the
+# device kernels' own record (another layout than the CPU's, cuda/ops/recurrent_cuda.h), for cuda_recurrent_backward
+def cuda_recurrent_forward(cell: str, x: np.ndarray, h0: Optional[np.ndarray], c0: Optional[np.ndarray],
+                           w_ih: np.ndarray, w_hh: np.ndarray, b_ih: Optional[np.ndarray], b_hh: Optional[np.ndarray],
+                           nonlinearity: str = "tanh", tf32: bool = False
+                           ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]: ...
+def cuda_recurrent_backward(cell: str, grad_y: Optional[np.ndarray], grad_h_n: Optional[np.ndarray],
+                            grad_c_n: Optional[np.ndarray], x: np.ndarray, h0: Optional[np.ndarray],
+                            c0: Optional[np.ndarray], w_ih: np.ndarray, w_hh: np.ndarray, b_hh: Optional[np.ndarray],
+                            y: np.ndarray, saved: np.ndarray, nonlinearity: str = "tanh", bptt_steps: int = 0,
+                            tf32: bool = False
+                            ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray, np.ndarray,
+                                       Optional[np.ndarray], Optional[np.ndarray]]: ...
 def cuda_fused_mlp_forward_backward(x: np.ndarray, labels: np.ndarray, weights: Sequence[np.ndarray],
                                     biases: Sequence[Optional[np.ndarray]], activations: Sequence[str],
                                     negative_slope: float = 0.01, label_smoothing: float = 0.0, reduction: str = "mean",

@@ -531,7 +531,45 @@ def norm_cases():
 # the second of one row) and an empty batch. Each step sums over I + H inputs and carries the state on, so the
 # forward's outputs reduce over T (I + H); the backward's weight gradients also sum over every row and step.
 RECURRENT_SHAPES = [(3, 5, 7, 9), (1, 1, 4, 5), (13, 4, 5, 3), (0, 3, 2, 4)]
+# the CUDA twin's too: a batch of more than one 128-row GEMM tile and more rows * units than a block of the cell
+# kernels, over 9 steps (three cuts at bptt 3); and gates wider than one GEMM tile (G*H > 128) from more inputs
+# than its k-block, over 12 steps (cuda/ops/recurrent_cuda.h)
+CUDA_RECURRENT_SHAPES = RECURRENT_SHAPES + [(300, 9, 5, 37), (5, 12, 130, 40)]
 RECURRENT_CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
+
+
+def recurrent_tf32_atol(cell, nonlinearity, args):
+    """The TF32 forward's error, to first order, carried through the steps. Step t's products are within
+    tf32_atol's bound: x_t w_ih^T within (2^-10 + I 2^-23) |x_t| |w_ih|^T, and h_{t-1} w_hh^T, whose h_{t-1}
+    already carries an error e_h, within (2^-10 + H 2^-23) (|h_{t-1}| + e_h) |w_hh|^T + e_h |w_hh|^T. A cell passes
+    a pre-activation's error on times its nonlinearity's largest slope (sigmoid 1/4, tanh and relu 1), and a
+    product a b errs by at most |da| |b| + (|a| + |da|) |db|, both at the float64 reference's values. Returns the
+    bound at its largest for (y, h_n, c_n), doubled for the second-order terms, plus float32's own atol."""
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = args
+    B, T, I = x.shape
+    H = w_hh.shape[1]
+    _, _, _, (hs, acts, cs) = reference.recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity)
+    abs_ih, abs_hh = np.abs(w_ih).T, np.abs(w_hh).T
+    eh, ec, ey = np.zeros((B, H)), np.zeros((B, H)), 0.0
+    for t in range(T):
+        e_ih = (2.0**-10 + I * 2.0**-23) * (np.abs(x[:, t]) @ abs_ih)  # (B, G*H), gate blocks as w_ih's rows
+        e_hh = (2.0**-10 + H * 2.0**-23) * ((np.abs(hs[t]) + eh) @ abs_hh) + eh @ abs_hh
+        e = e_ih + e_hh
+        if cell == "rnn":
+            eh = e
+        elif cell == "lstm":
+            i, f, g, o = np.split(acts[t], 4, axis=1)
+            ei, ef, eg, eo = e[:, :H] / 4, e[:, H:2 * H] / 4, e[:, 2 * H:3 * H], e[:, 3 * H:] / 4
+            ec = ef * np.abs(cs[t]) + (np.abs(f) + ef) * ec + ei * np.abs(g) + (np.abs(i) + ei) * eg  # c = f c + i g
+            eh = eo * np.abs(np.tanh(cs[t + 1])) + (np.abs(o) + eo) * ec  # h = o tanh(c)
+        else:
+            r, z, n, hn = np.split(acts[t], 4, axis=1)
+            er, ez = e[:, :H] / 4, e[:, H:2 * H] / 4
+            en = e_ih[:, 2 * H:] + er * np.abs(hn) + (np.abs(r) + er) * e_hh[:, 2 * H:]  # n = tanh(a_n + r hn)
+            eh = (np.abs(1 - z) + ez) * en + ez * np.abs(hs[t] - n) + (np.abs(z) + ez) * eh  # h = n + z (h - n)
+        ey = max(ey, float(np.max(eh, initial=0.0)))
+    f32 = 1e-6 * np.sqrt(I + H)
+    return 2 * ey + f32, 2 * float(np.max(eh, initial=0.0)) + f32, 2 * float(np.max(ec, initial=0.0)) + f32
 
 
 def recurrent_cases(cell, nonlinearity):
@@ -560,6 +598,18 @@ def recurrent_cases(cell, nonlinearity):
         return mod.recurrent_backward(cell, gy, ghn, gcn, x, h0, c0, w_ih, w_hh, b_hh, y, saved, nonlinearity,
                                       bptt_steps)
 
+    def cuda_fwd(tf, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        y, h_n, c_n, _ = _C.cuda_recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity, tf32=tf)
+        return y, h_n, c_n
+
+    def cuda_bwd(tf, x, h0, c0, w_ih, w_hh, b_ih, b_hh, gy, ghn, gcn, bptt_steps):
+        y, _, _, saved = _C.cuda_recurrent_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, nonlinearity, tf32=tf)
+        return _C.cuda_recurrent_backward(cell, gy, ghn, gcn, x, h0, c0, w_ih, w_hh, b_hh, y, saved, nonlinearity,
+                                          bptt_steps, tf32=tf)
+
+    def tf32_fwd(args, s):
+        return recurrent_tf32_atol(cell, nonlinearity, args)
+
     def k_fwd(s):  # each step's sum over I + H
         return s[2] + s[3]
 
@@ -568,18 +618,20 @@ def recurrent_cases(cell, nonlinearity):
         return (g * h,) * 3 + (max(b * t, 1) * g * h,) * 4
 
     tag = f"{cell}_{nonlinearity}"
+    fwd = dict(k=k_fwd, covers="recurrent_forward", cuda=cuda_fwd, cuda_shapes=CUDA_RECURRENT_SHAPES, tf32=tf32_fwd)
+    bwd = dict(k=k_bwd, covers="recurrent_backward", cuda=cuda_bwd, cuda_shapes=CUDA_RECURRENT_SHAPES)
     return [
         Op(f"recurrent_forward_{tag}_bias_states", lambda rng, s: make(rng, s, True, True), run_fwd, RECURRENT_SHAPES,
-           k=k_fwd, covers="recurrent_forward"),
+           **fwd),
         Op(f"recurrent_forward_{tag}_plain", lambda rng, s: make(rng, s, False, False), run_fwd, RECURRENT_SHAPES,
-           k=k_fwd, covers="recurrent_forward"),
+           **fwd),
         Op(f"recurrent_backward_{tag}_bptt0", lambda rng, s: make_bwd(rng, s, True, True, True) + (0,), run_bwd,
-           RECURRENT_SHAPES, k=k_bwd, covers="recurrent_backward"),
+           RECURRENT_SHAPES, **bwd),
         # truncated every 3 steps, without biases or initial states; then with only the final state's gradient
         Op(f"recurrent_backward_{tag}_bptt3", lambda rng, s: make_bwd(rng, s, False, False, True) + (3,), run_bwd,
-           RECURRENT_SHAPES, k=k_bwd, covers="recurrent_backward"),
+           RECURRENT_SHAPES, **bwd),
         Op(f"recurrent_backward_{tag}_bptt3_final_state", lambda rng, s: make_bwd(rng, s, True, True, False) + (3,),
-           run_bwd, RECURRENT_SHAPES, k=k_bwd, covers="recurrent_backward"),
+           run_bwd, RECURRENT_SHAPES, **bwd),
     ]
 
 

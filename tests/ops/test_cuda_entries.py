@@ -4,6 +4,8 @@ every entry checks its arguments first and then raises RuntimeError "no CUDA dev
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -37,6 +39,7 @@ def valid_calls():
         ("cuda_sgd_step", _C.cuda_sgd_step, (p, p.copy(), p.copy()), dict(lr=0.1, momentum=0.9)),
         ("cuda_adam_step", _C.cuda_adam_step, (p, p.copy(), p.copy(), p.copy()), dict(step=1)),
         *conv_pool_norm_calls(),
+        *recurrent_calls(),
         ("cuda_matmul_time_ms", _C.cuda_matmul_time_ms, (64, 64, 64), {}),
     ] if cuda.is_compiled() else []
 
@@ -59,6 +62,25 @@ def conv_pool_norm_calls():
         ("cuda_batch_norm_backward", _C.cuda_batch_norm_backward, (x, x, c, c, c, True), {}),
         ("cuda_layer_norm_forward", _C.cuda_layer_norm_forward, (rows, (5,), d, d), {}),
         ("cuda_layer_norm_backward", _C.cuda_layer_norm_backward, (rows, rows, (5,), d, m, m), {}),
+    ]
+
+
+def recurrent_arrays():
+    """An lstm of B=2, T=3, I=4, H=5: x, a (B,H) state, w_ih, w_hh, a bias, y of zeros and a device record of zeros
+    (seven (B,T,H) arrays and h_last (B,H), cuda/ops/recurrent_cuda.h), whose last h is y's last step."""
+    return (np.ones((2, 3, 4), np.float32), np.ones((2, 5), np.float32), np.ones((20, 4), np.float32),
+            np.ones((20, 5), np.float32), np.ones(20, np.float32), np.zeros((2, 3, 5), np.float32),
+            np.zeros(7 * 2 * 3 * 5 + 2 * 5, np.float32))
+
+
+def recurrent_calls():
+    """The recurrent twins with valid float32 arguments, the leading ones bound so that x comes first."""
+    x, h, w_ih, w_hh, b, y, saved = recurrent_arrays()
+    return [
+        ("cuda_recurrent_forward", functools.partial(_C.cuda_recurrent_forward, "lstm"), (x, h, h, w_ih, w_hh, b, b),
+         dict(tf32=True)),
+        ("cuda_recurrent_backward", functools.partial(_C.cuda_recurrent_backward, "lstm", y, h, h),
+         (x, h, h, w_ih, w_hh, b, y, saved), dict(bptt_steps=2)),
     ]
 
 
@@ -153,3 +175,27 @@ def test_conv_pool_norm_checks_come_before_the_device():
         _C.cuda_layer_norm_forward(rows, (5,), eps=0.0)
     with pytest.raises(ValueError, match=r"mean must have shape \(4,\)"):
         _C.cuda_layer_norm_backward(rows, rows, (5,), None, np.zeros(3, np.float32), np.zeros(4, np.float32))
+
+
+@needs_backend_without_gpu
+def test_recurrent_checks_come_before_the_device():
+    x, h, w_ih, w_hh, b, y, saved = recurrent_arrays()
+    with pytest.raises(ValueError, match="cell must be 'rnn', 'lstm' or 'gru'"):
+        _C.cuda_recurrent_forward("lstn", x, h, h, w_ih, w_hh, b, b)
+    with pytest.raises(ValueError, match=r"w_hh must have shape \(4\*H, H\)"):
+        _C.cuda_recurrent_forward("lstm", x, h, h, w_ih, w_hh[:19], b, b)
+    with pytest.raises(ValueError, match="c0 is for cell 'lstm' only"):
+        _C.cuda_recurrent_forward("gru", x, h, h, w_ih[:15], w_hh[:15], None, None)
+    with pytest.raises(TypeError, match="w_ih must have the same dtype as x"):
+        _C.cuda_recurrent_forward("lstm", x, h, h, w_ih.astype(np.float64), w_hh, b, b)
+
+    def backward(saved=saved, y=y, **kwargs):
+        return _C.cuda_recurrent_backward("lstm", y, h, h, x, h, h, w_ih, w_hh, b, y, saved, **kwargs)
+    # the CPU forward's record has another layout (and size): the device's backward refuses it by name
+    _, _, _, cpu_saved = _C.recurrent_forward("lstm", x, h, h, w_ih, w_hh, b, b)
+    with pytest.raises(ValueError, match=r"saved must be cuda_recurrent_forward's record for cell 'lstm'.*shape \(220,\)"):
+        backward(saved=cpu_saved)
+    with pytest.raises(ValueError, match="saved is not the record of the forward that returned y"):
+        backward(y=np.ones_like(y))
+    with pytest.raises(ValueError, match="bptt_steps must be >= 0"):
+        backward(bptt_steps=-1)

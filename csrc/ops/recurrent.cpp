@@ -38,21 +38,6 @@ namespace {
 
 // -- sizes and the saved array's layout ----------------------------------------------------------------------
 
-// The sum of the products a*b*c of sizes, or -1 when it passes 2^60 (a double estimate first: it cannot wrap).
-struct Term {
-  int64_t a, b, c;
-};
-int64_t elements(std::initializer_list<Term> terms) {
-  double estimate = 0;
-  for (const Term& t : terms) estimate += double(t.a) * double(t.b) * double(t.c);
-  if (estimate > double(int64_t(1) << 60)) return -1;
-  int64_t n = 0;
-  for (const Term& t : terms) n += t.a * t.b * t.c;
-  return n;
-}
-
-// Pre-activation gradients per row in the backward: G*H, and 4H for gru (r, z, hn, a_n: n has two sides).
-int64_t dp_width(const RecurrentShape& s) { return s.cell == RecurrentCell::gru ? 4 * s.H : s.GH(); }
 
 // The strips: as few as hold B rows at most kRecurrentStrip each, rounded up to a multiple of 4 when there are
 // 4 or more, so that 2 or 4 threads get equal shares (128 rows: 8 strips of 12 and 4 of 8, not 10 of 12 and one
@@ -182,7 +167,7 @@ void prefetch(const T* p, int64_t n) {
 
 // The backward's workspace: a row of zeros (H, dy's row when dy is null); each group's sums, [dw_ih | db | dw_hh]^T
 // ((I+1+H) x GH) and, gru, [dw_ih | db]^T of a_n ((I+1) x H); then one scratch slot per thread: the strip's dp
-// (T*strip rows of dp_width), its x rows in dp's order with a 1 after each (T*strip rows of I+1: the 1s make the
+// (T*strip rows of recurrent_dp_width), its x rows in dp's order with a 1 after each (T*strip rows of I+1: the 1s make the
 // weight-gradient product sum dp's columns, the bias gradients), the gradients reaching h (twice: this step's
 // and the one passed back) and c (strip rows of H).
 struct BackwardLayout {
@@ -191,7 +176,7 @@ struct BackwardLayout {
   int64_t size;
 };
 BackwardLayout backward_layout(const RecurrentShape& s, int64_t slots) {
-  const int64_t rows = s.T * kRecurrentStrip, DP = dp_width(s), I1 = s.I + 1;
+  const int64_t rows = s.T * kRecurrentStrip, DP = recurrent_dp_width(s), I1 = s.I + 1;
   BackwardLayout l;
   l.sums = s.H;
   l.dw_t2 = (I1 + s.H) * s.GH();
@@ -225,22 +210,22 @@ void put_transposed(T* dst, const T* src, int64_t rows, int64_t cols, int64_t ld
 int64_t recurrent_saved_size(const RecurrentShape& s) {
   const int64_t T1 = s.T + 1, B = s.B, H = s.H;
   switch (s.cell) {
-    case RecurrentCell::lstm: return elements({{s.T, B, 4 * H}, {T1, B, H}, {s.T, B, H}, {T1, B, H}});
-    case RecurrentCell::gru: return elements({{s.T, B, 3 * H}, {s.T, B, H}, {T1, B, H}});
-    default: return elements({{T1, B, H}});
+    case RecurrentCell::lstm: return recurrent_elements({{s.T, B, 4 * H}, {T1, B, H}, {s.T, B, H}, {T1, B, H}});
+    case RecurrentCell::gru: return recurrent_elements({{s.T, B, 3 * H}, {s.T, B, H}, {T1, B, H}});
+    default: return recurrent_elements({{T1, B, H}});
   }
 }
 
 int64_t recurrent_forward_workspace(const RecurrentShape& s) {
   // w_hh^T (H, GH), w_ih^T (I, GH), the summed bias (GH), b_hn (H)
-  return elements({{1, s.H, s.GH()}, {1, s.I, s.GH()}, {1, 1, s.GH()}, {1, 1, s.H}});
+  return recurrent_elements({{1, s.H, s.GH()}, {1, s.I, s.GH()}, {1, 1, s.GH()}, {1, 1, s.H}});
 }
 
 int64_t recurrent_backward_workspace(const RecurrentShape& s, int threads) {
   // as backward_layout, each size overflow-checked
-  const int64_t rows = s.T * kRecurrentStrip, DP = dp_width(s), I1 = s.I + 1, slots = std::max(threads, 1);
+  const int64_t rows = s.T * kRecurrentStrip, DP = recurrent_dp_width(s), I1 = s.I + 1, slots = std::max(threads, 1);
   const int64_t gru = s.cell == RecurrentCell::gru;
-  return elements({{1, 1, s.H}, {groups(s), I1 + s.H, s.GH()}, {groups(s), gru * I1, s.H}, {slots, rows, DP + I1},
+  return recurrent_elements({{1, 1, s.H}, {groups(s), I1 + s.H, s.GH()}, {groups(s), gru * I1, s.H}, {slots, rows, DP + I1},
                    {slots, 3 * kRecurrentStrip, s.H}});
 }
 
@@ -334,7 +319,7 @@ struct StripBackward {
 
   // scratch: a slot of backward_layout l
   void operator()(int64_t strip, T* scratch, const BackwardLayout& l, T* sums, bool first) const {
-    const int64_t steps = s.T, I = s.I, H = s.H, GH = s.GH(), DP = dp_width(s);
+    const int64_t steps = s.T, I = s.I, H = s.H, GH = s.GH(), DP = recurrent_dp_width(s);
     const RecurrentCell cell = s.cell;
     const bool relu = cell == RecurrentCell::rnn_relu, gru = cell == RecurrentCell::gru,
                lstm = cell == RecurrentCell::lstm;

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/common.h"
 #include "ops/recurrent_math.h"
@@ -36,6 +37,23 @@ struct RecurrentShape {
   int64_t G() const { return recurrent_gates(cell); }
   int64_t GH() const { return G() * H; }
 };
+
+// The sum of the products a*b*c of sizes, or -1 when it passes 2^60 (a double estimate first: it cannot wrap).
+// Both backends size their saved records and workspaces with it.
+struct RecurrentTerm {
+  int64_t a, b, c;
+};
+inline int64_t recurrent_elements(std::initializer_list<RecurrentTerm> terms) {
+  double estimate = 0;
+  for (const RecurrentTerm& t : terms) estimate += double(t.a) * double(t.b) * double(t.c);
+  if (estimate > double(int64_t(1) << 60)) return -1;
+  int64_t n = 0;
+  for (const RecurrentTerm& t : terms) n += t.a * t.b * t.c;
+  return n;
+}
+
+// Pre-activation gradients per row in the backward: G*H, and 4H for gru (r, z, hn, a_n: n has two sides).
+inline int64_t recurrent_dp_width(const RecurrentShape& s) { return s.cell == RecurrentCell::gru ? 4 * s.H : s.GH(); }
 
 // The most batch rows per strip: a multiple of every GEMM kernel's mr (4, 6, 12). The strips are the units of the
 // saved layout, and their heights depend on B alone, never on the CPU level or the thread count.

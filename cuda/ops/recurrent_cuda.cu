@@ -14,22 +14,8 @@ namespace {
 
 constexpr int64_t kRowsPerPartition = 256;  // the bias gradients: dp's rows summed per partition
 
-// The sum of the products a*b*c of sizes, or -1 when it passes 2^60 (a double estimate first: it cannot wrap).
-struct Term {
-  int64_t a, b, c;
-};
-int64_t elements(std::initializer_list<Term> terms) {
-  double estimate = 0;
-  for (const Term& t : terms) estimate += double(t.a) * double(t.b) * double(t.c);
-  if (estimate > double(int64_t(1) << 60)) return -1;
-  int64_t n = 0;
-  for (const Term& t : terms) n += t.a * t.b * t.c;
-  return n;
-}
-
-// Pre-activation gradients per row in the backward: G*H, and 4H for gru (r, z, hn, a_n: n has two sides), laid
-// out so that the hidden side is columns [0, GH) (gru: r, z, hn, as w_hh's rows).
-int64_t dp_width(const RecurrentShape& s) { return s.cell == RecurrentCell::gru ? 4 * s.H : s.GH(); }
+// dp (recurrent_dp_width columns a row) is laid out so that the hidden side is columns [0, GH) (gru: r, z, hn,
+// as w_hh's rows).
 
 // Partitions of the B*T rows whose column sums the bias gradients add up.
 int64_t partitions(const RecurrentShape& s) { return ceil_div(s.B * s.T, kRowsPerPartition); }
@@ -224,19 +210,19 @@ __global__ void recurrent_bias_backward_kernel(float* db_ih, float* db_hh, const
 
 int64_t recurrent_saved_size(const RecurrentShape& s) {
   const int64_t arrays = s.cell == RecurrentCell::lstm ? 7 : s.cell == RecurrentCell::gru ? 5 : 1;  // of (B,T,H)
-  return elements({{arrays * s.B, s.T, s.H}, {1, s.B, s.H}});
+  return recurrent_elements({{arrays * s.B, s.T, s.H}, {1, s.B, s.H}});
 }
 
 int64_t recurrent_saved_last_h(const RecurrentShape& s) { return cuda::recurrent_saved_size(s) - s.B * s.H; }
 
 int64_t recurrent_forward_workspace(const RecurrentShape& s) {
-  return elements({{s.B, s.T, s.GH()}, {1, s.B, s.GH()}});  // gx, hh
+  return recurrent_elements({{s.B, s.T, s.GH()}, {1, s.B, s.GH()}});  // gx, hh
 }
 
 int64_t recurrent_backward_workspace(const RecurrentShape& s) {
   // the partitions' column sums (doubles: two floats each), dp, and two (B,H) buffers for the gradient reaching h
-  const int64_t DP = dp_width(s);
-  return elements({{2, partitions(s), DP}, {s.B, s.T, DP}, {2, s.B, s.H}});
+  const int64_t DP = recurrent_dp_width(s);
+  return recurrent_elements({{2, partitions(s), DP}, {s.B, s.T, DP}, {2, s.B, s.H}});
 }
 
 void recurrent_forward(float* y, float* h_n, float* c_n, float* saved, float* workspace, const float* x,
@@ -265,7 +251,7 @@ void recurrent_backward(float* dx, float* dh0, float* dc0, float* dw_ih, float* 
                         float* workspace, const float* dy, const float* dh_n, const float* dc_n, const float* x,
                         const float* w_ih, const float* w_hh, const float* saved, const RecurrentShape& s,
                         int64_t bptt_steps, bool tf32, bool accumulate) {
-  const int64_t B = s.B, T = s.T, I = s.I, H = s.H, GH = s.GH(), DP = dp_width(s), rows = B * T, P = partitions(s);
+  const int64_t B = s.B, T = s.T, I = s.I, H = s.H, GH = s.GH(), DP = recurrent_dp_width(s), rows = B * T, P = partitions(s);
   const bool gru = s.cell == RecurrentCell::gru, lstm = s.cell == RecurrentCell::lstm;
   const float beta = accumulate ? 1.f : 0.f;
   if (B == 0) {  // an empty batch: no rows, nothing to add

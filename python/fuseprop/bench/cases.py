@@ -338,16 +338,23 @@ def train_step(sizes, batch, *, impls=IMPLS) -> Case:
     ref_loss = ref.step(x.astype(np.float64), y)
     ref_updates = [after - before for after, before in zip(ref.parameters(), ref_before)]
 
+    names = [f"parameter {i}" for i in range(len(ref_updates))]
+    return Case(train_flops(sizes, batch), batch, fns, _step_validator(fns, params, names, ref_loss, ref_updates))
+
+
+def _step_validator(fns, params, names, ref_loss, ref_updates):
+    """validate(name) of a training step: the first step's loss and every parameter's update (not the updated
+    weights, which barely move) against the float64 reference's; ref_updates in the order of names (a list) or by
+    name (a dict)."""
     def validate(name):
-        """The first step's loss and every parameter's update (not the updated weights, which barely move)."""
         before = [np.array(p, copy=True) for p in params[name]()]
         assert_close(fns[name](), ref_loss, f"{name} loss")
-        for i, (after, b, want) in enumerate(zip(params[name](), before, ref_updates)):
+        for i, (pname, after, b) in enumerate(zip(names, params[name](), before)):
+            want = ref_updates[pname] if isinstance(ref_updates, dict) else ref_updates[i]
             # float32 weights hold the update only to eps * |w|, which is up to 2e-4 of the first layer's update
-            assert_close(after.astype(np.float64) - b, want, f"{name} update of parameter {i}",
+            assert_close(after.astype(np.float64) - b, want, f"{name} update of {pname}",
                          atol=np.finfo(np.float32).eps * np.abs(after))
-
-    return Case(train_flops(sizes, batch), batch, fns, validate)
+    return validate
 
 
 # -- the Fashion-MNIST CNN's training step (python -m fuseprop train --model cnn): two 3x3 conv / batch norm /
@@ -456,14 +463,7 @@ def cnn_train_step(batch=CNN_BATCH, *, impls=IMPLS) -> Case:
             params["torch.compile"] = lambda: [p.detach().numpy() for p in compiled_model.parameters()]
     ref_loss, ref_updates = _cnn_reference_step(state, x, y)
 
-    def validate(name):
-        before = [np.array(p, copy=True) for p in params[name]()]
-        assert_close(fns[name](), ref_loss, f"{name} loss")
-        for pname, after, b in zip(names, params[name](), before):
-            assert_close(after.astype(np.float64) - b, ref_updates[pname], f"{name} update of {pname}",
-                         atol=np.finfo(np.float32).eps * np.abs(after))
-
-    return Case(cnn_flops(batch), batch, fns, validate)
+    return Case(cnn_flops(batch), batch, fns, _step_validator(fns, params, names, ref_loss, ref_updates))
 
 
 # -- the row-sequential Fashion-MNIST LSTM's training step (python -m fuseprop train --model lstm): each image
@@ -537,14 +537,7 @@ def lstm_train_step(batch=LSTM_BATCH, *, impls=IMPLS) -> Case:
         fns[impl], params[impl] = torch_step, (lambda tparams=tparams: [p.detach().numpy() for p in tparams])
     ref_loss, ref_updates = _lstm_reference_step(state, x, y)
 
-    def validate(name):
-        before = [np.array(p, copy=True) for p in params[name]()]
-        assert_close(fns[name](), ref_loss, f"{name} loss")
-        for pname, after, b in zip(names, params[name](), before):
-            assert_close(after.astype(np.float64) - b, ref_updates[pname], f"{name} update of {pname}",
-                         atol=np.finfo(np.float32).eps * np.abs(after))
-
-    return Case(lstm_flops(batch), batch, fns, validate)
+    return Case(lstm_flops(batch), batch, fns, _step_validator(fns, params, names, ref_loss, ref_updates))
 
 
 def _gemm_specs():

@@ -323,3 +323,16 @@ def test_data_parallel_training_computes_what_one_process_computes():
     for state in run_local(2, train):
         for k in alone:
             np.testing.assert_allclose(state[k], alone[k], rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_an_lstm_model_trains_inside_a_torch_model():
+    model = nn.Sequential(nn.LSTM(4, 6, dtype=np.float64), nn.Linear(6, 2, dtype=np.float64))
+    twin = ft.to_torch(model)
+    wrapped = ft.TorchModule(model)
+    x = torch.from_numpy(randn(3, 5, 4)).requires_grad_()
+    x_twin = x.detach().clone().requires_grad_()
+    wrapped(x).square().sum().backward()
+    twin(x_twin).square().sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), x_twin.grad.numpy(), rtol=1e-12, atol=1e-14)
+    for (name, p), q in zip(wrapped.named_parameters(), twin.parameters()):
+        np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-12, atol=1e-14, err_msg=name)

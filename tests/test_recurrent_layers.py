@@ -311,9 +311,13 @@ def test_data_parallel_training_computes_what_one_process_computes():
     x, y = row_sequences(70)  # 70 = 32 + 32 + 6: the last batch's shards are uneven
     x = x.astype(np.float64)
 
-    def train(comm=None):
-        fuseprop.manual_seed(0)
+    g = np.random.default_rng(0)
+    initial = nn.Sequential(nn.GRU(6, 8, 2, dtype=np.float64, generator=g),
+                            nn.Linear(8, 3, dtype=np.float64, generator=g)).state_dict()
+
+    def train(comm=None):  # the ranks are threads: each builds its model from the same state, not the global seed
         model = nn.Sequential(nn.GRU(6, 8, 2, dtype=np.float64), nn.Linear(8, 3, dtype=np.float64))
+        model.load_state_dict(initial)
         ddp = DataParallel(model, comm, timeout=20) if comm is not None else False
         model.fit(x, y, optimizer=optim.SGD(model.parameters(), lr=0.1, momentum=0.9), epochs=2, batch_size=32,
                   verbose=0, seed=0, distributed=ddp, clip_grad_norm=1.0)

@@ -340,3 +340,23 @@ def test_an_lstm_model_trains_inside_a_torch_model():
     np.testing.assert_allclose(x.grad.numpy(), x_twin.grad.numpy(), rtol=1e-12, atol=1e-14)
     for (name, p), q in zip(wrapped.named_parameters(), twin.parameters()):
         np.testing.assert_allclose(p.grad.numpy(), q.grad.numpy(), rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn-relu"])
+def test_inference_runs_a_block_of_rows_at_a_time_with_the_same_bits(cell):
+    """Without a backward to follow (no_grad, predict), the layer runs 256 rows at a time so that the cells'
+    record stays small; every row's values are the ones a single call gives."""
+    layer = CELLS[cell](8, 16, 2, return_sequences=True)
+    x = randn(600, 5, 8, dtype=np.float32)
+    h0 = randn(2, 600, 16, seed=1, dtype=np.float32)
+    hx = (h0, h0 / 2) if cell == "lstm" else h0
+    recorded, state = layer.forward_with_state(x, hx)
+    with nn.no_grad():
+        blocks, block_state = layer.forward_with_state(x, hx)
+        empty = layer(x[:0])
+    np.testing.assert_array_equal(blocks, recorded)
+    for a, b in zip(state if cell == "lstm" else (state,), block_state if cell == "lstm" else (block_state,)):
+        np.testing.assert_array_equal(a, b)
+    assert empty.shape == (0, 5, 16)
+    model = nn.Sequential(CELLS[cell](8, 16), nn.Linear(16, 3))
+    np.testing.assert_array_equal(model.predict(x), model(x))

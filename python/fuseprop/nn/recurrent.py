@@ -23,9 +23,17 @@ from .. import _random
 from .. import functional as F
 from .. import init
 from .._arrays import Parameter, as_input, float_dtype
+from .._tape import recording
 from .module import Module, cpu_only
 
 __all__ = ["RNN", "LSTM", "GRU"]
+
+
+# Rows per native call when no backward can follow (no_grad, predict, evaluate): each call's record of the cells'
+# values (about 7 H T floats a row for an LSTM) is dropped right after it, so inference on a whole dataset at
+# once takes the memory of this many rows, not of all of them. Every row's values are its own, whatever the
+# batch around it: the outputs are the same bits as one call.
+_INFERENCE_ROWS = 256
 
 
 def _count(value, name, minimum=1):
@@ -122,6 +130,27 @@ class _Recurrent(Module):
         if seq.shape[1] == 0:
             raise ValueError(f"x must have at least one time step, got shape {x.shape}")
         h0s, c0s = self._initial_states(hx, seq.shape[0])
+        if recording():
+            tape, seq, h_n, c_n = self._layers_forward(seq, h0s, c0s)
+        else:  # nothing to keep for a backward: a block of rows at a time, so the cells' records stay small
+            tape, blocks = None, []
+            for r in range(0, max(len(seq), 1), _INFERENCE_ROWS):  # an empty batch: one empty call
+                rows = slice(r, r + _INFERENCE_ROWS)
+                blocks.append(self._layers_forward(seq[rows], [None if h is None else h[rows] for h in h0s],
+                                                   [None if c is None else c[rows] for c in c0s])[1:])
+            seq, h_n, c_n = (np.concatenate([b[0] for b in blocks]),
+                             [np.concatenate([b[1][k] for b in blocks]) for k in range(self.num_layers)],
+                             [None if blocks[0][2][k] is None else np.concatenate([b[2][k] for b in blocks])
+                              for k in range(self.num_layers)])
+        out = seq if self.return_sequences else h_n[-1]
+        if self.return_sequences and not self.batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        out = self._keep(out, (tape, out.shape, hx is not None))
+        h_n = np.stack(h_n)
+        return out, ((h_n, np.stack(c_n)) if self._cell == "lstm" else h_n)
+
+    def _layers_forward(self, seq, h0s, c0s):
+        """(tape, the last layer's sequence, h_n and c_n per layer) of the stacked layers over seq (B, T, I)."""
         tape, h_n, c_n = [], [], []
         for k in range(self.num_layers):
             w_ih, w_hh, b_ih, b_hh = self._layer_params(k)
@@ -132,12 +161,7 @@ class _Recurrent(Module):
             h_n.append(h)
             c_n.append(c)
             seq = y
-        out = seq if self.return_sequences else h_n[-1]
-        if self.return_sequences and not self.batch_first:
-            out = np.ascontiguousarray(out.transpose(1, 0, 2))
-        out = self._keep(out, (tape, out.shape, hx is not None))
-        h_n = np.stack(h_n)
-        return out, ((h_n, np.stack(c_n)) if self._cell == "lstm" else h_n)
+        return tape, seq, h_n, c_n
 
     # -- backward through time
     def backward(self, grad_out):

@@ -323,3 +323,23 @@ def check_bad_form(call, op, name, form):
     fn, args = call(op)
     args[name] = transform(args[name])
     assert_refused_writing_nothing(fn, args, exc, rf"^{name} {message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# training side by side with PyTorch
+
+
+def assert_trains_as_torch(model, twin, opt, topt, batches):
+    """model.train_step(x, y, CrossEntropyLoss(), opt) and the same step of its torch twin (topt) on each (x, y) of
+    batches: the same loss at each step (1e-10) and the same state dict after the last."""
+    import torch
+    lf = losses.CrossEntropyLoss()
+    for x, y in batches:
+        loss = model.train_step(x, y, lf, opt)
+        topt.zero_grad()
+        tl = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)), torch.from_numpy(y))
+        tl.backward()
+        topt.step()
+        assert loss == pytest.approx(tl.item(), rel=1e-10)
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
+        np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)

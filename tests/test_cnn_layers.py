@@ -11,6 +11,7 @@ from fuseprop import checkpoint, losses, nn, optim
 
 torch = pytest.importorskip("torch")
 import fuseprop.torch as ft  # noqa: E402  (needs torch)
+from helpers import assert_trains_as_torch  # noqa: E402
 
 
 def randn(*shape, seed=0, dtype=np.float64):
@@ -87,18 +88,8 @@ def test_a_cnn_trains_step_by_step_as_torch_does():
     twin = ft.to_torch(model)
     opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     topt = torch.optim.SGD(twin.parameters(), lr=0.1, momentum=0.9)
-    lf = losses.CrossEntropyLoss()
-    for step in range(3):
-        x = randn(8, 1, 10, 10, seed=step)
-        y = np.random.default_rng(step).integers(0, 3, 8)
-        loss = model.train_step(x, y, lf, opt)
-        topt.zero_grad()
-        tl = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x)), torch.from_numpy(y))
-        tl.backward()
-        topt.step()
-        assert loss == pytest.approx(tl.item(), rel=1e-10)
-    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
-        np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    assert_trains_as_torch(model, twin, opt, topt, [(randn(8, 1, 10, 10, seed=step),
+                                                     np.random.default_rng(step).integers(0, 3, 8)) for step in range(3)])
     assert model.train_plan is None  # layer by layer: the native plan takes Linear chains only
 
 

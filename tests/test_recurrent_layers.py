@@ -13,7 +13,7 @@ import pytest
 import fuseprop
 from fuseprop import checkpoint, datasets, diagnostics, losses, nn, optim
 
-from helpers import all_pairs
+from helpers import all_pairs, assert_trains_as_torch
 
 torch = pytest.importorskip("torch")
 import fuseprop.torch as ft  # noqa: E402  (needs torch)
@@ -127,18 +127,8 @@ def test_a_sequence_classifier_trains_step_by_step_as_torch_does(cell):
     twin = ft.to_torch(model)
     opt = optim.Adam(model.parameters(), lr=0.01)
     topt = torch.optim.Adam(twin.parameters(), lr=0.01)
-    lf = losses.CrossEntropyLoss()
     x, y = row_sequences()
-    for step in range(3):
-        xb, yb = x[step * 32:(step + 1) * 32].astype(np.float64), y[step * 32:(step + 1) * 32]
-        loss = model.train_step(xb, yb, lf, opt)
-        topt.zero_grad()
-        tl = torch.nn.functional.cross_entropy(twin(torch.from_numpy(xb)), torch.from_numpy(yb))
-        tl.backward()
-        topt.step()
-        assert loss == pytest.approx(tl.item(), rel=1e-10)
-    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values()):
-        np.testing.assert_allclose(a, b.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
+    assert_trains_as_torch(model, twin, opt, topt, [(x[i:i + 32].astype(np.float64), y[i:i + 32]) for i in (0, 32, 64)])
 
 
 def test_fit_learns_with_clipping_and_is_the_same_whatever_the_thread_count():

@@ -143,15 +143,15 @@ def _recurrent_from_torch(ours):
     return make
 
 
-for _ours, _twin in _RECURRENT_TWINS.items():
-    _STATEFUL.append((_ours, _twin, _recurrent_to_torch, _recurrent_from_torch(_ours)))
-    _STATEFUL.append((None, getattr(torch.nn, _ours.__name__), None, _recurrent_from_torch(_ours)))
+_STATEFUL += [(ours, twin, _recurrent_to_torch, _recurrent_from_torch(ours)) for ours, twin in _RECURRENT_TWINS.items()]
 
 _TO_TORCH = {ours: make for ours, _, make, _ in _ACTIVATIONS}
 _FROM_TORCH = {theirs: make for _, theirs, _, make in _ACTIVATIONS}
-_STATEFUL_TO = {ours: make for ours, _, make, _ in _STATEFUL if ours is not None}
+_STATEFUL_TO = {ours: make for ours, _, make, _ in _STATEFUL}
 _STATEFUL_FROM = {theirs: make for _, theirs, _, make in _STATEFUL}
-_SUPPORTED = "Sequential, " + ", ".join(ours.__name__ for ours, *_ in _STATEFUL + _ACTIVATIONS if ours is not None)
+# torch's own recurrent layers too (their whole output: return_sequences)
+_STATEFUL_FROM.update({getattr(torch.nn, ours.__name__): _recurrent_from_torch(ours) for ours in _RECURRENT_TWINS})
+_SUPPORTED = "Sequential, " + ", ".join(ours.__name__ for ours, *_ in _STATEFUL + _ACTIVATIONS)
 
 
 def _where(path: str) -> str:

@@ -417,6 +417,29 @@ def _torch_cnn(torch, state):
     return model
 
 
+def _fuseprop_sgd_step(model, x, y):
+    """(step, parameters) of fuseprop's SGD training step of model on (x, y), cross-entropy."""
+    opt, loss_fn = optim.SGD(model.parameters(), lr=LR), losses.CrossEntropyLoss()
+    return (lambda: model.train_step(x, y, loss_fn, opt)), (lambda: [p.data for p in model.parameters()])
+
+
+def _torch_sgd_step(torch, forward_loss, parameters, x, y, compiled):
+    """(step, parameters) of a torch SGD step: forward_loss(x, y) (torch.compile'd when compiled: its backward
+    with it), backward, update."""
+    parameters = list(parameters)
+    opt = torch.optim.SGD(parameters, lr=LR)
+    forward_loss = torch.compile(forward_loss) if compiled else forward_loss
+    tx, ty = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss = forward_loss(tx, ty)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step, (lambda: [p.detach().numpy() for p in parameters])
+
+
 def cnn_train_step(batch=CNN_BATCH, *, impls=IMPLS) -> Case:
     """One SGD step of the Fashion-MNIST CNN, from one shared initial state (batch statistics: training mode)."""
     fuseprop.manual_seed(0)
@@ -428,39 +451,14 @@ def cnn_train_step(batch=CNN_BATCH, *, impls=IMPLS) -> Case:
     names = [k for k, _ in model.named_parameters()]
     fns, params = {}, {}
     if "fuseprop" in impls:
-        opt, loss_fn = optim.SGD(model.parameters(), lr=LR), losses.CrossEntropyLoss()
-        fns["fuseprop"] = lambda: model.train_step(x, y, loss_fn, opt)
-        params["fuseprop"] = lambda: [p.data for p in model.parameters()]
-    if "torch" in impls or "torch.compile" in impls:
-        torch = _torch()
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
-        if "torch" in impls:
-            eager = _torch_cnn(torch, state)
-            topt = torch.optim.SGD(eager.parameters(), lr=LR)
-
-            def torch_step():
-                topt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(eager(tx), ty)
-                loss.backward()
-                topt.step()
-                return loss.item()
-            fns["torch"], params["torch"] = torch_step, lambda: [p.detach().numpy() for p in eager.parameters()]
-        if "torch.compile" in impls:
-            compiled_model = _torch_cnn(torch, state)
-            copt = torch.optim.SGD(compiled_model.parameters(), lr=LR)
-
-            @torch.compile
-            def forward_loss(xb, yb):
-                return torch.nn.functional.cross_entropy(compiled_model(xb), yb)
-
-            def compiled_step():  # forward and loss compiled (their backward with them), SGD as usual
-                copt.zero_grad()
-                loss = forward_loss(tx, ty)
-                loss.backward()
-                copt.step()
-                return loss.item()
-            fns["torch.compile"] = compiled_step
-            params["torch.compile"] = lambda: [p.detach().numpy() for p in compiled_model.parameters()]
+        fns["fuseprop"], params["fuseprop"] = _fuseprop_sgd_step(model, x, y)
+    for impl in ("torch", "torch.compile"):
+        if impl in impls:
+            torch = _torch()
+            twin = _torch_cnn(torch, state)
+            fns[impl], params[impl] = _torch_sgd_step(
+                torch, lambda xb, yb, twin=twin: torch.nn.functional.cross_entropy(twin(xb), yb), twin.parameters(), x,
+                y, compiled=impl == "torch.compile")
     ref_loss, ref_updates = _cnn_reference_step(state, x, y)
 
     return Case(cnn_flops(batch), batch, fns, _step_validator(fns, params, names, ref_loss, ref_updates))
@@ -508,33 +506,20 @@ def lstm_train_step(batch=LSTM_BATCH, *, impls=IMPLS) -> Case:
     names = [k for k, _ in model.named_parameters()]
     fns, params = {}, {}
     if "fuseprop" in impls:
-        opt, loss_fn = optim.SGD(model.parameters(), lr=LR), losses.CrossEntropyLoss()
-        fns["fuseprop"] = lambda: model.train_step(x, y, loss_fn, opt)
-        params["fuseprop"] = lambda: [p.data for p in model.parameters()]
+        fns["fuseprop"], params["fuseprop"] = _fuseprop_sgd_step(model, x, y)
     for impl in ("torch", "torch.compile"):
         if impl not in impls:
             continue
         torch = _torch()
-        tx, ty = torch.from_numpy(x), torch.from_numpy(y)
         lstm = torch.nn.LSTM(LSTM_FEATURES, LSTM_HIDDEN, batch_first=True)
         head = torch.nn.Linear(LSTM_HIDDEN, 10)
         lstm.load_state_dict({k[2:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("0.")})
         head.load_state_dict({k[2:]: torch.from_numpy(v.copy()) for k, v in state.items() if k.startswith("1.")})
-        tparams = list(lstm.parameters()) + list(head.parameters())
-        topt = torch.optim.SGD(tparams, lr=LR)
 
         def forward_loss(xb, yb, lstm=lstm, head=head):
             return torch.nn.functional.cross_entropy(head(lstm(xb)[0][:, -1]), yb)
-        if impl == "torch.compile":
-            forward_loss = torch.compile(forward_loss)
-
-        def torch_step(forward_loss=forward_loss, topt=topt):
-            topt.zero_grad()
-            loss = forward_loss(tx, ty)
-            loss.backward()
-            topt.step()
-            return loss.item()
-        fns[impl], params[impl] = torch_step, (lambda tparams=tparams: [p.detach().numpy() for p in tparams])
+        fns[impl], params[impl] = _torch_sgd_step(torch, forward_loss, [*lstm.parameters(), *head.parameters()], x, y,
+                                                  compiled=impl == "torch.compile")
     ref_loss, ref_updates = _lstm_reference_step(state, x, y)
 
     return Case(lstm_flops(batch), batch, fns, _step_validator(fns, params, names, ref_loss, ref_updates))

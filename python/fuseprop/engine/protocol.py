@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-__all__ = ["NativeLayer", "NativeOptimizer", "SEGMENT_OPENERS", "EPILOGUES", "PLAN_KINDS", "Segment", "compile_chain",
-           "segments", "plan_layers"]
+__all__ = ["NativeLayer", "NativeOptimizer", "SEGMENT_OPENERS", "EPILOGUES", "PLAN_KINDS", "NO_EPILOGUE", "Segment",
+           "compile_chain", "segments", "plan_layers"]
 
 
 class NativeLayer(NamedTuple):
@@ -48,6 +48,10 @@ class NativeOptimizer(NamedTuple):
 SEGMENT_OPENERS = {"linear", "conv2d", "batch_norm"}
 EPILOGUES = {"activation"}
 PLAN_KINDS = {"linear", "activation"}
+
+
+# The epilogue settings of a segment opener with no activation after it.
+NO_EPILOGUE = {"activation": "identity", "negative_slope": 0.01}
 
 
 class Segment(NamedTuple):
@@ -108,6 +112,6 @@ def plan_layers(chain) -> list:
     """The layer tuples the native plans take: (activation, negative_slope, has_bias) per segment."""
     layers = []
     for seg in chain:
-        act = seg.epilogue.settings if seg.epilogue is not None else {"activation": "identity", "negative_slope": 0.01}
+        act = seg.epilogue.settings if seg.epilogue is not None else NO_EPILOGUE
         layers.append((act["activation"], act["negative_slope"], seg.opener.settings["bias"]))
     return layers

@@ -9,7 +9,7 @@ from .. import functional as F
 from .. import init
 from .. import _random
 from .._arrays import Parameter, as_input, float_dtype
-from ..engine.protocol import NativeLayer
+from ..engine.protocol import NO_EPILOGUE, NativeLayer
 from .module import Module, cpu_only
 
 __all__ = ["Conv2d"]
@@ -80,7 +80,7 @@ class Conv2d(Module):
         x = as_input(x, self.weight.dtype, "x", ndim=4)
         if x.shape[1] != self.in_channels:
             raise ValueError(f"x must have {self.in_channels} channels (N, {self.in_channels}, H, W), got shape {x.shape}")
-        act = act or {"activation": "identity", "negative_slope": 0.01}
+        act = act or NO_EPILOGUE
         y, z = F.conv2d_forward(x, self.weight.data, self.bias.data if self.bias is not None else None, self.stride,
                                 self.padding, self.dilation, act["activation"], act["negative_slope"])
         return x, y, z
@@ -117,8 +117,7 @@ class Conv2d(Module):
     def _backward(self, grad_out, need_input_grad: bool = True, done=None):
         cpu_only(self, "backward")
         x = self._kept(grad_out)
-        identity = {"activation": "identity", "negative_slope": 0.01}
-        grad_x = self._conv_backward(grad_out, x, None, None, identity, need_input_grad)
+        grad_x = self._conv_backward(grad_out, x, None, None, NO_EPILOGUE, need_input_grad)
         self._spend()  # after the checks: a refused grad_out leaves the tape for a corrected call
         if done is not None:
             done(self)

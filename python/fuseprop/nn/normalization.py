@@ -7,12 +7,10 @@ import numpy as np
 
 from .. import functional as F
 from .._arrays import Parameter, as_input, float_dtype
-from ..engine.protocol import NativeLayer
+from ..engine.protocol import NO_EPILOGUE, NativeLayer
 from .module import Module, cpu_only
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "LayerNorm"]
-
-_IDENTITY = {"activation": "identity", "negative_slope": 0.01}
 
 
 def _positive_int(value, name):
@@ -87,7 +85,7 @@ class _BatchNorm(_Normalization):
         return NativeLayer("batch_norm", self, params, settings, keeps=("input", "output"))
 
     def forward(self, x):
-        x, y, mean, invstd, batch_stats = self._normalize(x, _IDENTITY)
+        x, y, mean, invstd, batch_stats = self._normalize(x, NO_EPILOGUE)
         return self._keep(y, (x, mean, invstd, batch_stats))
 
     def _forward_epilogue(self, x, act):
@@ -127,7 +125,7 @@ class _BatchNorm(_Normalization):
 
     def _backward(self, grad_out, need_input_grad: bool = True, done=None):
         x, mean, invstd, batch_stats = self._take(grad_out)
-        grad_x = self._normalize_backward(grad_out, x, None, mean, invstd, batch_stats, _IDENTITY, need_input_grad)
+        grad_x = self._normalize_backward(grad_out, x, None, mean, invstd, batch_stats, NO_EPILOGUE, need_input_grad)
         self._used(done)
         return grad_x
 
